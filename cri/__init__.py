@@ -1,0 +1,1 @@
+"""The Kubernetes CRI v1 gRPC server (RuntimeService and ImageService)."""

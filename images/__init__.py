@@ -1,0 +1,1 @@
+"""OCI images: registry client, content store, unpacking, and a small image builder."""

@@ -1,0 +1,1 @@
+"""Linux namespaces, mounts and the thin syscall layer everything above uses."""

@@ -1,0 +1,1 @@
+"""The OCI runtime: bundles in, containers out; `pinnace-oci` speaks runc's grammar."""
