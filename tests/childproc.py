@@ -36,3 +36,20 @@ def in_child(fn, *args, timeout=60):
     if kind == "err":
         raise ChildFailed(value)
     return value
+
+
+def _private_mount_namespace_then(fn, *args):
+    from namespaces import syscalls as sc
+
+    s = sc.libc()
+    s.unshare(sc.CLONE_NEWNS)
+    s.mount(None, "/", None, sc.MS_REC | sc.MS_PRIVATE, None)
+    return fn(*args)
+
+
+def in_private_mntns(fn, *args):
+    """`in_child`, inside a new mount namespace with private propagation.
+
+    Nothing the child mounts can outlive it or reach the host's mount table.
+    """
+    return in_child(_private_mount_namespace_then, fn, *args)

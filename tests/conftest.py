@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import os
+import tempfile
 
 import pytest
 
 pytest_plugins = [
     "tests.fixtures.images",
+    "tests.fixtures.processes",
     "tests.fixtures.registry",
 ]
 
@@ -56,6 +58,9 @@ def _footprint() -> dict[str, set[str]]:
     netns = {p.name for p in Path("/run/netns").glob("*")} if Path("/run/netns").is_dir() else set()
     links = {p.name for p in Path("/sys/class/net").iterdir()}
     scratch = {str(p) for p in Path("/var/lib").glob(".pinnace-*")}
+    # temp dirs from tempfile.mkdtemp() (tmp*) or named for the project
+    tmp = Path(tempfile.gettempdir())
+    scratch |= {str(p) for p in tmp.iterdir() if p.name.startswith("tmp") or "pinnace" in p.name}
     return {
         "mounts": mounts,
         "cgroups": cgroups,

@@ -59,26 +59,6 @@ def root_cgroup_untouched(hierarchy):
     assert subtree.read_text() == before
 
 
-@pytest.fixture
-def spawn():
-    """Start children; whatever is still running at the end is killed by PID and reaped."""
-    started: list[subprocess.Popen] = []
-
-    def start(*argv: str, **kw) -> subprocess.Popen:
-        p = subprocess.Popen(argv, **kw)
-        started.append(p)
-        return p
-
-    yield start
-    for p in started:
-        if p.poll() is None:
-            os.kill(p.pid, signal.SIGKILL)
-        p.wait(timeout=WAIT)
-        for stream in (p.stdin, p.stdout):
-            if stream:
-                stream.close()
-
-
 def scratch_name() -> str:
     return f"pinnace-test-{os.getpid()}-{uuid.uuid4().hex[:8]}"
 

@@ -9,9 +9,7 @@ test says it uses a private mount namespace in a forked child.
 import errno
 import io
 import os
-import pickle
 import tarfile
-import traceback
 from pathlib import Path
 
 import pytest
@@ -23,6 +21,7 @@ from overlayfs.features import detect
 from overlayfs.mounts import Mount, mount_all, mounted, unmount_all
 from overlayfs.snapshotter import OverlaySnapshotter
 from overlayfs.unpack import apply_layer
+from tests.childproc import in_private_mntns
 from tests.hostfacts import kernel_version
 
 N_LAYERS = 130
@@ -52,36 +51,6 @@ def sn(tmp_path):
     s = OverlaySnapshotter(tmp_path / "pinnace-test-snaps")
     yield s
     s.close()
-
-
-def in_private_mntns(fn):
-    """Run fn in a forked child inside its own mount namespace (private propagation).
-
-    Nothing it mounts can outlive it or reach the host's mount table; its
-    return value (or traceback) comes back over a pipe.
-    """
-    rfd, wfd = os.pipe()
-    pid = os.fork()
-    if pid == 0:
-        os.close(rfd)
-        try:
-            sc.libc().unshare(sc.CLONE_NEWNS)
-            sc.libc().mount(None, "/", None, sc.MS_REC | sc.MS_PRIVATE, None)
-            out = ("ok", fn())
-        except BaseException:
-            out = ("err", traceback.format_exc())
-        try:
-            os.write(wfd, pickle.dumps(out))
-        finally:
-            os._exit(0)
-    os.close(wfd)
-    with os.fdopen(rfd, "rb") as r:
-        data = r.read()
-    os.waitpid(pid, 0)
-    status, value = pickle.loads(data)
-    if status != "ok":
-        raise AssertionError(f"in the child:\n{value}")
-    return value
 
 
 def build_chain(sn, n):

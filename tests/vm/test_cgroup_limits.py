@@ -34,26 +34,6 @@ WAIT = 120  # seconds; generous for TCG, never reached when things work
 
 
 @pytest.fixture
-def spawn():
-    """Start children; whatever is still running at the end is killed by PID and reaped."""
-    started: list[subprocess.Popen] = []
-
-    def start(*argv: str, **kw) -> subprocess.Popen:
-        p = subprocess.Popen(argv, **kw)
-        started.append(p)
-        return p
-
-    yield start
-    for p in started:
-        if p.poll() is None:
-            os.kill(p.pid, signal.SIGKILL)
-        p.wait(timeout=WAIT)
-        for stream in (p.stdin, p.stdout, p.stderr):
-            if stream:
-                stream.close()
-
-
-@pytest.fixture
 def cg(spawn):
     m = CgroupV2Manager(f"pinnace-test-{os.getpid()}-{uuid.uuid4().hex[:8]}")
     yield m
