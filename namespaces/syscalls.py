@@ -149,6 +149,9 @@ class Syscalls(Protocol):
     # --- bpf(2), for cgroup v2 device programs (cgroups/devices.py) ---
     def bpf(self, cmd: int, attr: bytearray) -> int: ...
 
+    # --- personality(2), for the OCI linux.personality domain (runtime/process.py) ---
+    def personality(self, persona: int) -> int: ...
+
 
 def _enc(s: str | None) -> bytes | None:
     return None if s is None else os.fsencode(s)
@@ -328,6 +331,13 @@ class Libc:
             ctypes.c_long(SYS_BPF), ctypes.c_int(cmd), buf, ctypes.c_uint(len(attr))
         )
         return self._check(ret, f"bpf(cmd {cmd})")
+
+    # --- personality(2), for the OCI linux.personality domain (runtime/process.py) ---
+
+    def personality(self, persona: int) -> int:
+        """Set the execution domain; returns the previous one (0xffffffff only queries)."""
+        ret = self._libc.personality(ctypes.c_ulong(persona))
+        return self._check(ret, "personality")
 
 
 _default: Libc | None = None

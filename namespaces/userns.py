@@ -148,17 +148,21 @@ def new_userns_fd(
             os.close(go_r)
             os.close(done_w)
             s.unshare(sc.CLONE_NEWUSER)
-            os.write(go_w, b"1")
+            # our pid as the mounted /proc numbers it: the caller may sit in a new
+            # pid namespace while /proc is still the host's
+            os.write(go_w, os.readlink("/proc/self").encode())
             os.read(done_r, 1)
         finally:
             os._exit(0)
     os.close(go_w)
     os.close(done_r)
     try:
-        if os.read(go_r, 1) != b"1":
+        answer = os.read(go_r, 32)
+        if not answer.isdigit():
             raise OSError(errno.EPERM, "could not create a user namespace", f"pid {pid}")
-        write_maps(pid, uid_maps, gid_maps)
-        return os.open(f"/proc/{pid}/ns/user", os.O_RDONLY | os.O_CLOEXEC)
+        proc_pid = int(answer)
+        write_maps(proc_pid, uid_maps, gid_maps)
+        return os.open(f"/proc/{proc_pid}/ns/user", os.O_RDONLY | os.O_CLOEXEC)
     finally:
         os.close(done_w)
         os.close(go_r)

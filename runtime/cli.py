@@ -1,53 +1,314 @@
-"""`pinnace-oci`: the OCI runtime's command line, in runc's grammar.
+"""`pinnace-oci`: runc's command grammar, so containerd, CRI-O, podman and conmon can drive it.
 
-Reserved: the commands (create, start, state, kill, delete, exec, ...) arrive
-with the OCI runtime (issue 4). Until then every command exits non-zero with
-a message saying so, as an engine driving it would need to see.
+Global options come before the verb, as with runc:
+  pinnace-oci [--root DIR] [--log FILE] [--log-format text|json] [--debug] VERB ...
+
+This is the hot path of every container start (one process per verb), so
+it uses argparse from the standard library and imports each verb's module
+only when that verb runs.
 """
 
 from __future__ import annotations
 
-import click
+import argparse
+import os
+import sys
+from collections.abc import Sequence
 
 from pinnace import __version__
 
-RUNC_COMMANDS = (
-    "create",
-    "start",
-    "run",
-    "state",
-    "list",
-    "kill",
-    "delete",
-    "exec",
-    "pause",
-    "resume",
-    "ps",
-    "events",
-    "update",
-    "spec",
-    "features",
-)
+SPEC_VERSION = "1.2.0"
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(__version__, prog_name="pinnace-oci")
-def main() -> None:
-    """Pinnace's OCI runtime, driven like runc (create, start, state, kill, delete...).
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="pinnace-oci",
+        description="Pinnace's OCI runtime: runs OCI bundles as containers, driven like runc.",
+    )
+    p.add_argument("-v", "--version", action="store_true", help="print the version")
+    p.add_argument(
+        "--root", default="/run/pinnace-oci", help="state directory (default %(default)s)"
+    )
+    p.add_argument("--log", help="also write messages to this file (engines read errors there)")
+    p.add_argument("--log-format", choices=("text", "json"), default="text")
+    p.add_argument("--debug", action="store_true", help="debug output (tracebacks of setup errors)")
+    p.add_argument(
+        "--systemd-cgroup", action="store_true", help="not supported: cgroupfs paths only"
+    )
+    p.add_argument("--criu", help=argparse.SUPPRESS)
+    p.add_argument("--rootless", help=argparse.SUPPRESS)
+    sub = p.add_subparsers(dest="verb", metavar="COMMAND")
 
-    Not implemented yet: this entry point is reserved for the runc-compatible CLI.
-    """
+    def verb(name: str, help_: str) -> argparse.ArgumentParser:
+        return sub.add_parser(name, help=help_, description=help_)
+
+    def create_flags(c: argparse.ArgumentParser) -> None:
+        c.add_argument("-b", "--bundle", default=".", help="bundle directory (default: .)")
+        c.add_argument("--console-socket", help="unix socket to send the pty master to")
+        c.add_argument("--pid-file", help="write the init's PID here")
+        c.add_argument("--no-pivot", action="store_true", help="MS_MOVE + chroot, no pivot_root")
+        c.add_argument("--no-new-keyring", action="store_true", help="accepted; no keyring is made")
+        c.add_argument("--preserve-fds", type=int, default=0, help="pass fds 3..3+N-1 through")
+        c.add_argument("id")
+
+    create_flags(verb("create", "create a container (its process waits for `start`)"))
+    r = verb("run", "create and start a container, wait for it, delete it")
+    create_flags(r)
+    r.add_argument("-d", "--detach", action="store_true")
+    r.add_argument("--keep", action="store_true", help="do not delete the container after it exits")
+    r.add_argument("--no-subreaper", action="store_true", help="accepted for runc compatibility")
+    for name, help_ in (
+        ("start", "start a created container"),
+        ("state", "print the state of a container (JSON)"),
+        ("pause", "freeze every process of a container"),
+        ("resume", "thaw a paused container"),
+    ):
+        verb(name, help_).add_argument("id")
+    ls = verb("list", "list containers")
+    ls.add_argument("-f", "--format", choices=("table", "json"), default="table")
+    ls.add_argument("-q", "--quiet", action="store_true", help="ids only")
+    k = verb("kill", "send a signal (default SIGTERM) to the container's init")
+    k.add_argument("-a", "--all", action="store_true", help="to every process of the container")
+    k.add_argument("id")
+    k.add_argument("signal", nargs="?", default="SIGTERM")
+    d = verb("delete", "delete a stopped container (and with --force, any container)")
+    d.add_argument("-f", "--force", action="store_true")
+    d.add_argument("id")
+    e = verb("exec", "run a process in a running container")
+    e.add_argument("-p", "--process", help="process.json (the OCI process object)")
+    e.add_argument("-t", "--tty", action="store_true")
+    e.add_argument("-d", "--detach", action="store_true")
+    e.add_argument("--pid-file")
+    e.add_argument("--console-socket")
+    e.add_argument("-e", "--env", action="append", default=[])
+    e.add_argument("--cwd")
+    e.add_argument("-u", "--user", help="UID[:GID]")
+    e.add_argument("-g", "--additional-gids", action="append", type=int, default=[])
+    e.add_argument("-c", "--cap", action="append", default=[])
+    e.add_argument("--no-new-privs", action="store_true")
+    e.add_argument("--preserve-fds", type=int, default=0)
+    e.add_argument("--process-label", help=argparse.SUPPRESS)
+    e.add_argument("--apparmor", help=argparse.SUPPRESS)
+    e.add_argument("--ignore-paused", action="store_true", help=argparse.SUPPRESS)
+    e.add_argument("--cgroup", help=argparse.SUPPRESS)
+    e.add_argument("id")
+    e.add_argument("command", nargs=argparse.REMAINDER)
+    ps = verb("ps", "list the processes of a container")
+    ps.add_argument("-f", "--format", choices=("table", "json"), default="table")
+    ps.add_argument("id")
+    ps.add_argument("ps_args", nargs=argparse.REMAINDER)
+    ev = verb("events", "container statistics and OOM events (JSON lines)")
+    ev.add_argument("--interval", default="5s", help="between stats events (default 5s)")
+    ev.add_argument("--stats", action="store_true", help="one stats event, then exit")
+    ev.add_argument("id")
+    u = verb("update", "change a container's resources")
+    u.add_argument("-r", "--resources", help='linux.resources JSON file ("-" for stdin)')
+    for flag in (
+        "blkio-weight",
+        "cpu-period",
+        "cpu-quota",
+        "cpu-shares",
+        "cpu-rt-period",
+        "cpu-rt-runtime",
+        "cpuset-cpus",
+        "cpuset-mems",
+        "memory",
+        "memory-reservation",
+        "memory-swap",
+        "pids-limit",
+    ):
+        u.add_argument(f"--{flag}")
+    u.add_argument("id")
+    s = verb("spec", "write a default config.json into the bundle")
+    s.add_argument("-b", "--bundle", default=".")
+    s.add_argument("--rootless", action="store_true")
+    verb("features", "print the features this runtime supports (JSON)")
+    return p
 
 
-def _reserved(name: str) -> click.Command:
-    @click.command(name=name, context_settings={"ignore_unknown_options": True})
-    @click.argument("args", nargs=-1, type=click.UNPROCESSED)
-    def cmd(args: tuple[str, ...]) -> None:
-        raise click.ClickException(f"'{name}' is not implemented yet in this Pinnace release")
-
-    cmd.help = f"(not implemented yet) runc's `{name}`."
-    return cmd
+def _duration(raw: str) -> float:
+    units = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+    for suffix in ("ms", "s", "m", "h"):
+        if raw.endswith(suffix):
+            return float(raw[: -len(suffix)]) * units[suffix]
+    return float(raw)
 
 
-for _name in RUNC_COMMANDS:
-    main.add_command(_reserved(_name))
+def run_verb(a: argparse.Namespace) -> int:
+    from runtime.state import RuntimeRoot
+
+    root = RuntimeRoot(a.root)
+    if a.systemd_cgroup and a.verb in ("create", "run", "update", "exec"):
+        from runtime.errors import RuntimeFailure
+
+        raise RuntimeFailure(
+            "--systemd-cgroup is not supported: Pinnace manages cgroupfs paths "
+            "(configure the engine's cgroupfs driver)"
+        )
+    v = a.verb
+    if v in ("create", "run"):
+        from runtime.create import CreateOptions, create
+
+        state = create(
+            root,
+            a.id,
+            CreateOptions(a.bundle, a.pid_file, a.console_socket, a.no_pivot, a.preserve_fds),
+        )
+        if v == "create":
+            return 0
+        from runtime.start import start
+
+        start(root, a.id)
+        if a.detach:
+            return 0
+        from runtime.exec import wait_forwarding_signals
+
+        code = wait_forwarding_signals(state.pid)
+        if not a.keep:
+            from runtime.delete import delete
+
+            delete(root, a.id, force=True)
+        return code
+    if v == "start":
+        from runtime.start import start
+
+        start(root, a.id)
+    elif v == "state":
+        import json
+
+        cdir = root.get(a.id)
+        st = cdir.load()
+        print(json.dumps(st.oci(cdir.status(st)), indent=2))
+    elif v == "list":
+        _list(root, a.format, a.quiet)
+    elif v == "kill":
+        from runtime.kill import kill, parse_signal
+
+        kill(root, a.id, parse_signal(a.signal), all_processes=a.all)
+    elif v == "delete":
+        from runtime.delete import delete
+
+        delete(root, a.id, force=a.force)
+    elif v in ("pause", "resume"):
+        from runtime import pause
+
+        getattr(pause, v)(root, a.id)
+    elif v == "exec":
+        from runtime.exec import ExecOptions, exec_in
+
+        command = a.command[1:] if a.command[:1] == ["--"] else a.command
+        exec_opts = ExecOptions(
+            process_file=a.process,
+            args=command,
+            tty=a.tty,
+            detach=a.detach,
+            pid_file=a.pid_file,
+            console_socket=a.console_socket,
+            env=a.env,
+            cwd=a.cwd,
+            user=a.user,
+            caps=a.cap,
+            no_new_privs=a.no_new_privs,
+            preserve_fds=a.preserve_fds,
+            additional_gids=a.additional_gids,
+        )
+        return exec_in(root, a.id, exec_opts)
+    elif v == "ps":
+        from runtime.ps import ps
+
+        args = a.ps_args[1:] if a.ps_args[:1] == ["--"] else a.ps_args
+        sys.stdout.write(ps(root, a.id, a.format, args))
+    elif v == "events":
+        from runtime.events import events
+
+        events(root, a.id, stats_once=a.stats, interval=_duration(a.interval))
+    elif v == "update":
+        from runtime.update import FLAG_PATHS, update
+
+        flags = {name: getattr(a, name) for name in FLAG_PATHS}
+        update(root, a.id, resources_file=a.resources, flags=flags)
+    elif v == "spec":
+        _spec(a.bundle, a.rootless)
+    elif v == "features":
+        from runtime.features import features_json
+
+        print(features_json())
+    return 0
+
+
+def _list(root: object, fmt: str, quiet: bool) -> None:
+    import json
+
+    from runtime.state import RuntimeRoot
+
+    assert isinstance(root, RuntimeRoot)
+    rows = []
+    for cdir in root.all():
+        try:
+            st = cdir.load()
+        except Exception:
+            continue
+        rows.append(st.oci(cdir.status(st)))
+    if quiet:
+        for r in rows:
+            print(r["id"])
+    elif fmt == "json":
+        print(json.dumps(rows))
+    else:
+        print(f"{'ID':<20} {'PID':<8} {'STATUS':<10} {'BUNDLE':<40} {'CREATED':<31} OWNER")
+        for r in rows:
+            print(
+                f"{r['id']:<20} {r['pid']:<8} {r['status']:<10} {r['bundle']:<40} "
+                f"{r['created']:<31} {r['owner']}"
+            )
+
+
+def _spec(bundle: str, rootless: bool) -> None:
+    import json
+
+    from runtime.defaults import default_config
+    from runtime.errors import RuntimeFailure
+
+    path = os.path.join(bundle, "config.json")
+    if os.path.exists(path):
+        raise RuntimeFailure("File config.json exists. Remove it first.", path=path)
+    config = default_config(rootless=rootless)
+    with open(path, "x") as f:
+        f.write(json.dumps(config, indent="\t") + "\n")
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    a = _parser().parse_args(argv)
+    if a.version:
+        print(f"pinnace-oci version {__version__}\nspec: {SPEC_VERSION}")
+        sys.exit(0)
+    if not a.verb:
+        _parser().print_help()
+        sys.exit(1)
+    from runtime import log
+
+    log.configure(a.log, a.log_format)
+    if a.debug:
+        os.environ["PINNACE_OCI_DEBUG"] = "1"
+    try:
+        code = run_verb(a)
+    except KeyboardInterrupt:
+        sys.exit(130)
+    except (OSError, ValueError, RuntimeError, Exception) as exc:
+        if a.debug:
+            import traceback
+
+            traceback.print_exc()
+        log.error(_describe(exc))
+        sys.exit(1)
+    sys.exit(code)
+
+
+def _describe(exc: BaseException) -> str:
+    from runtime.errors import RuntimeFailure
+
+    if isinstance(exc, RuntimeFailure) and exc.container and "container" not in str(exc):
+        return f"{exc} (container {exc.container})"
+    if isinstance(exc, OSError) and exc.filename:
+        return f"{exc.strerror or exc}: {exc.filename}"
+    return str(exc) or type(exc).__name__

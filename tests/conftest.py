@@ -9,6 +9,8 @@ import pytest
 
 pytest_plugins = [
     "tests.fixtures.images",
+    "tests.fixtures.bundles",
+    "tests.fixtures.oci",
     "tests.fixtures.processes",
     "tests.fixtures.registry",
 ]
@@ -29,6 +31,16 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if "vm" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.fixture
+def hierarchy_root():
+    """The unified cgroup hierarchy's mount point, wherever this machine has it."""
+    from cgroups.discovery import discover
+
+    point = discover().mount_point
+    assert point is not None, "no cgroup2 hierarchy is mounted"
+    return point
 
 
 @pytest.fixture

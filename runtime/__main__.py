@@ -1,0 +1,5 @@
+"""`python -m runtime` is `pinnace-oci`."""
+
+from runtime.cli import main
+
+main()

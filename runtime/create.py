@@ -1,0 +1,238 @@
+"""`create`: set a container up completely and leave its init waiting for `start`.
+
+All or nothing: every check of config.json runs before anything is made,
+and a failure after that kills what was started and removes the cgroup and
+the state directory, so a failed create leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from namespaces import syscalls as sc
+from runtime import hooks, process, rootfs, spec
+from runtime.errors import RuntimeFailure, SpecError
+from runtime.init import InitContext, bootstrap
+from runtime.state import CREATED, CREATING, ContainerState, RuntimeRoot, proc_start_time
+from runtime.sync import Channel
+
+PR_SET_CHILD_SUBREAPER = 36
+DEFAULT_CGROUP_PARENT = "pinnace"
+
+
+@dataclass
+class CreateOptions:
+    bundle: str
+    pid_file: str | None = None
+    console_socket: str | None = None
+    no_pivot: bool = False
+    preserve_fds: int = 0
+
+
+@dataclass
+class Prepared:
+    """config.json, checked: what the runtime and the init need to make the container."""
+
+    config: dict[str, Any]
+    rootfs: str
+    namespaces: list[spec.NamespaceSpec]
+    uid_maps: list[tuple[int, int, int]]
+    gid_maps: list[tuple[int, int, int]]
+    plan: Any
+    resources: Any
+    device_rules: list[Any]
+    cgroup: str
+
+
+def prepare(cid: str, opts: CreateOptions) -> Prepared:
+    """Every check that can fail on the input, before anything exists."""
+    from cgroups.devices import DeviceRuleError, parse_rules
+    from cgroups.errors import ResourceError
+    from cgroups.resources import Resources
+
+    bundle = opts.bundle
+    config = spec.load_config(bundle)
+    rootfs_path = spec.check_top(config, bundle)
+    nss = spec.namespaces(config)
+    if not spec.new_namespace(nss, "mount"):
+        raise SpecError("linux.namespaces", "a new mount namespace is required")
+    uid_maps, gid_maps = spec.id_maps(config, "uidMappings"), spec.id_maps(config, "gidMappings")
+    if spec.new_namespace(nss, "user") and not (uid_maps and gid_maps):
+        raise SpecError("linux.uidMappings", "a new user namespace needs uid and gid mappings")
+    linux = config.get("linux") or {}
+    plan = process.plan_process(config["process"], linux, rootfs=rootfs_path)
+    rootfs.validate_rootfs(config, bundle)
+    hooks.validate_hooks(config.get("hooks"))
+    terminal = bool(config["process"].get("terminal"))
+    if terminal and not opts.console_socket:
+        raise RuntimeFailure(
+            "process.terminal is true: pass --console-socket to receive the pty master",
+            container=cid,
+        )
+    if opts.console_socket and not terminal:
+        raise RuntimeFailure("--console-socket given but process.terminal is false", container=cid)
+    raw = linux.get("resources") or {}
+    try:
+        resources = Resources.from_oci(raw)
+    except ResourceError as exc:
+        raise SpecError("linux.resources", str(exc)) from None
+    try:
+        rules = parse_rules(raw.get("devices"))
+    except DeviceRuleError as exc:
+        raise SpecError("linux.resources.devices", str(exc)) from None
+    cgroup = linux.get("cgroupsPath") or f"/{DEFAULT_CGROUP_PARENT}/{cid}"
+    if ":" in cgroup:
+        raise SpecError(
+            "linux.cgroupsPath",
+            f"{cgroup!r} is in systemd's slice:prefix:name form; Pinnace manages cgroupfs paths",
+        )
+    return Prepared(config, rootfs_path, nss, uid_maps, gid_maps, plan, resources, rules, cgroup)
+
+
+def device_policy(rules: list[Any], config: dict[str, Any]) -> list[Any]:
+    """Deny all, then the spec's rules, the devices it creates, and the defaults every
+    container needs (/dev/null, zero, full, random, urandom, tty, ptmx, pts)."""
+    from cgroups.devices import DEFAULT_ALLOWED, DENY_ALL, DeviceRule
+
+    made = []
+    for d in (config.get("linux") or {}).get("devices") or []:
+        kind = d.get("type", "c")
+        if kind in ("c", "b", "u"):
+            made.append(
+                DeviceRule(True, "b" if kind == "b" else "c", d["major"], d["minor"], "rwm")
+            )
+    return [DENY_ALL, *rules, *made, *DEFAULT_ALLOWED]
+
+
+def create(root: RuntimeRoot, cid: str, opts: CreateOptions) -> ContainerState:
+    opts.bundle = os.path.abspath(opts.bundle)
+    p = prepare(cid, opts)
+    from cgroups.manager import CgroupV2Manager
+
+    cdir = root.new(cid)
+    state = ContainerState(
+        id=cid,
+        bundle=opts.bundle,
+        rootfs=p.rootfs,
+        created=time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime())
+        + f".{time.time_ns() % 10**9:09d}Z",
+        owner="root" if os.geteuid() == 0 else str(os.geteuid()),
+        cgroup=p.cgroup,
+        annotations=dict(p.config.get("annotations") or {}),
+        hooks=dict(p.config.get("hooks") or {}),
+        config_path=os.path.join(opts.bundle, "config.json"),
+        status=CREATING,
+        resources=dict((p.config.get("linux") or {}).get("resources") or {}),
+    )
+    cdir.save(state)
+    manager = None
+    child = 0
+    console_fd: int | None = None
+    try:
+        if opts.console_socket:
+            from runtime import console
+
+            console_fd = console.connect_console_socket(opts.console_socket)
+        fifo = cdir.fifo
+        os.mkfifo(fifo, 0o622)
+        os.chmod(fifo, 0o622)  # any container uid may open it to signal readiness
+        manager = CgroupV2Manager(p.cgroup)
+        manager.create(p.resources)
+        from cgroups.devices import apply_device_rules
+
+        apply_device_rules(sc.libc(), manager.path, device_policy(p.device_rules, p.config))
+        ctx = InitContext(
+            config=p.config,
+            bundle=opts.bundle,
+            rootfs=p.rootfs,
+            namespaces=p.namespaces,
+            plan=p.plan,
+            fifo=str(fifo),
+            no_pivot=opts.no_pivot,
+            console_fd=console_fd,
+            preserve_fds=opts.preserve_fds,
+            cgroup_dir=str(manager.path),
+        )
+        s = sc.libc()
+        # Orphans of the bootstrap (the init) come back to us, so `run` can wait for them.
+        s.prctl(PR_SET_CHILD_SUBREAPER, 1)
+        ours, theirs = Channel.pair()
+        child = os.fork()
+        if child == 0:
+            ours.close()
+            bootstrap(theirs, ctx, s)  # never returns
+        theirs.close()
+        if console_fd is not None:
+            os.close(console_fd)  # the init has its copy
+            console_fd = None
+        manager.add_process(child)
+        ours.send("go")
+        msg = ours.recv("userns", "init")
+        if msg["type"] == "userns":
+            from namespaces.userns import IDMap, write_maps
+
+            write_maps(child, [IDMap(*m) for m in p.uid_maps], [IDMap(*m) for m in p.gid_maps])
+            ours.send("maps")
+            msg = ours.recv("init")
+        os.waitpid(child, 0)
+        child = 0
+        state.pid = int(msg["pid"])
+        state.pid_start = proc_start_time(state.pid) or 0
+        oom = p.config["process"].get("oomScoreAdj")
+        if oom is not None:
+            process.apply_oom_score_adj(state.pid, int(oom))
+        ours.recv("prepivot")
+        hook_state = state.oci(CREATING)
+        for kind in ("prestart", "createRuntime"):
+            if state.hooks.get(kind):
+                hooks.run_hooks(kind, state.hooks[kind], hook_state, cwd=opts.bundle)
+        ours.send("continue", state=hook_state)
+        ours.recv("ready")
+        ours.close()
+        state.status = CREATED
+        cdir.save(state)
+        if opts.pid_file:
+            _write_pid_file(opts.pid_file, state.pid)
+        return state
+    except BaseException:
+        if console_fd is not None:
+            os.close(console_fd)
+        _undo(state, child, manager)
+        cdir.remove()
+        raise
+
+
+def _undo(state: ContainerState, child: int, manager: Any) -> None:
+    """Kill what a failed create started and remove its cgroup."""
+    for pid in (child, state.pid):
+        if pid:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(pid, 0)
+    if manager is not None:
+        with contextlib.suppress(Exception):
+            manager.destroy()
+        remove_empty_parent(manager.path)
+
+
+def remove_empty_parent(cgroup_path: Path) -> None:
+    """Remove Pinnace's default parent cgroup when its last container went."""
+    parent = cgroup_path.parent
+    if parent.name == DEFAULT_CGROUP_PARENT:
+        with contextlib.suppress(OSError):
+            parent.rmdir()
+
+
+def _write_pid_file(path: str, pid: int) -> None:
+    """Atomically, as runc does: engines poll for the file and must never read it half-written."""
+    tmp = os.path.join(os.path.dirname(os.path.abspath(path)), f".{os.path.basename(path)}.tmp")
+    with open(tmp, "w") as f:
+        f.write(str(pid))
+    os.rename(tmp, path)

@@ -1,0 +1,227 @@
+"""`exec`: run another process inside a running container.
+
+A forked child joins the container's cgroup and namespaces (user first,
+mount last), forks again so the process is inside the container's pid
+namespace, and that grandchild takes on the process's identity and execs.
+The joiner reports the grandchild's PID and exits; the runtime, a child
+subreaper, inherits the grandchild and waits for it (unless --detach).
+Like the init, both are non-dumpable until the execve.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+from dataclasses import dataclass, field
+from typing import Any, NoReturn
+
+from namespaces import syscalls as sc
+from runtime import console, process
+from runtime.errors import InvalidState, RuntimeFailure, SpecError
+from runtime.init import FLAGS, JOIN_ORDER, PR_SET_DUMPABLE, _fail, console_size, owner_uid
+from runtime.state import CREATED, RUNNING, RuntimeRoot
+from runtime.sync import Channel
+
+PR_SET_CHILD_SUBREAPER = 36
+PROC_NS = {
+    "user": "user",
+    "ipc": "ipc",
+    "uts": "uts",
+    "network": "net",
+    "pid": "pid",
+    "cgroup": "cgroup",
+    "time": "time",
+    "mount": "mnt",
+}
+
+
+@dataclass
+class ExecOptions:
+    process_file: str | None = None
+    args: list[str] = field(default_factory=list)
+    tty: bool = False
+    detach: bool = False
+    pid_file: str | None = None
+    console_socket: str | None = None
+    env: list[str] = field(default_factory=list)
+    cwd: str | None = None
+    user: str | None = None
+    caps: list[str] = field(default_factory=list)
+    no_new_privs: bool = False
+    preserve_fds: int = 0
+    additional_gids: list[int] = field(default_factory=list)
+
+
+def exec_process_spec(config: dict[str, Any], opts: ExecOptions) -> dict[str, Any]:
+    """The process to run: --process FILE, or the container's process with the flags applied."""
+    if opts.process_file:
+        try:
+            with open(opts.process_file) as f:
+                proc: dict[str, Any] = json.load(f)
+        except (OSError, ValueError) as exc:
+            raise SpecError("--process", f"cannot read {opts.process_file}: {exc}") from None
+        return proc
+    if not opts.args:
+        raise RuntimeFailure("exec needs a command (arguments, or --process FILE)")
+    base: dict[str, Any] = json.loads(json.dumps(config.get("process") or {}))
+    base["args"] = list(opts.args)
+    base["terminal"] = opts.tty
+    env = list(base.get("env") or []) + list(opts.env)
+    base["env"] = env
+    if opts.cwd:
+        base["cwd"] = opts.cwd
+    if opts.user:
+        uid, _, gid = opts.user.partition(":")
+        try:
+            base["user"] = {"uid": int(uid), "gid": int(gid or 0)}
+        except ValueError:
+            raise RuntimeFailure(f"--user wants UID[:GID], not {opts.user!r}") from None
+    if opts.additional_gids:
+        base.setdefault("user", {})["additionalGids"] = opts.additional_gids
+    if opts.caps:
+        caps = base.setdefault("capabilities", {})
+        for kind in ("bounding", "effective", "permitted", "ambient"):
+            caps[kind] = sorted(set(caps.get(kind) or []) | set(opts.caps))
+    if opts.no_new_privs:
+        base["noNewPrivileges"] = True
+    return base
+
+
+def exec_in(root: RuntimeRoot, cid: str, opts: ExecOptions) -> int:
+    """Run the process; its exit status (128+N for signal N), or 0 with --detach."""
+    cdir = root.get(cid)
+    state = cdir.load()
+    status = cdir.status(state)
+    if status not in (RUNNING, CREATED):
+        raise InvalidState(f"cannot exec in a {status} container", container=cid)
+    with open(state.config_path) as f:
+        config = json.load(f)
+    proc = exec_process_spec(config, opts)
+    if proc.get("terminal") and not opts.console_socket:
+        raise RuntimeFailure(
+            "--tty needs --console-socket to receive the pty master", container=cid
+        )
+    plan = process.plan_process(proc, config.get("linux") or {}, rootfs=state.rootfs)
+    s = sc.libc()
+    s.prctl(PR_SET_CHILD_SUBREAPER, 1)
+    from cgroups.manager import CgroupV2Manager
+
+    manager = CgroupV2Manager(state.cgroup)
+    console_fd = None
+    if opts.console_socket:
+        from runtime import console
+
+        console_fd = console.connect_console_socket(opts.console_socket)
+    ours, theirs = Channel.pair()
+    child = os.fork()
+    if child == 0:
+        ours.close()
+        pty = None
+        if console_fd is not None:
+            pty = (console_fd, console_size({"process": proc}), owner_uid({"process": proc}))
+        _joiner(theirs, state.pid, plan, opts, s, pty)
+    theirs.close()
+    if console_fd is not None:
+        os.close(console_fd)  # the joiner has its copy
+    try:
+        manager.add_process(child)
+        ours.send("go")
+        # the joiner's "pid" and its child's "ready" may arrive in either order
+        got = {m["type"]: m for m in (ours.recv("pid", "ready"), ours.recv("pid", "ready"))}
+        if set(got) != {"pid", "ready"}:
+            raise RuntimeFailure("exec setup answered out of turn", container=cid)
+        pid = int(got["pid"]["pid"])
+    except BaseException:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(child, signal.SIGKILL)
+        raise
+    finally:
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(child, 0)
+        ours.close()
+    if opts.pid_file:
+        from runtime.create import _write_pid_file
+
+        _write_pid_file(opts.pid_file, pid)
+    if opts.detach:
+        return 0
+    return wait_forwarding_signals(pid)
+
+
+def _joiner(
+    ch: Channel,
+    init_pid: int,
+    plan: Any,
+    opts: ExecOptions,
+    s: sc.Syscalls,
+    pty: tuple[int, tuple[int, int] | None, int | None] | None,
+) -> NoReturn:
+    try:
+        s.prctl(PR_SET_DUMPABLE, 0)
+        process.preload(plan)
+        console.preload()
+        ch.recv("go")  # we are in the container's cgroup now
+        own = {t: os.stat(f"/proc/self/ns/{p}").st_ino for t, p in PROC_NS.items()}
+        fds = {}
+        for t, p in PROC_NS.items():
+            path = f"/proc/{init_pid}/ns/{p}"
+            with contextlib.suppress(FileNotFoundError):
+                if os.stat(path).st_ino != own[t]:
+                    fds[t] = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        for t in JOIN_ORDER:
+            if t in fds:
+                s.setns(fds[t], FLAGS[t])
+                os.close(fds[t])
+        pid = os.fork()
+        if pid == 0:
+            try:
+                if pty is not None:
+                    console.setup_exec_console(pty[0], sys=s, size=pty[1], owner_uid=pty[2])
+                process.apply_identity(plan, sys=s)
+                ch.send("ready")
+                ch.close()
+            except BaseException as exc:
+                _fail(ch, exc)
+            process.exec_process(plan, preserve_fds=opts.preserve_fds, sys=s)
+        ch.send("pid", pid=pid)
+        os._exit(0)
+    except BaseException as exc:
+        _fail(ch, exc)
+
+
+def wait_forwarding_signals(pid: int) -> int:
+    """Wait for `pid` (our child, or an orphan we reap as subreaper), passing signals on.
+
+    Returns its exit status, or 128+N when signal N killed it, as shells do.
+    """
+    forwarded = (
+        signal.SIGINT,
+        signal.SIGTERM,
+        signal.SIGHUP,
+        signal.SIGQUIT,
+        signal.SIGUSR1,
+        signal.SIGUSR2,
+        signal.SIGWINCH,
+    )
+
+    def forward(signum: int, _frame: object) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signum)
+
+    old = {sig: signal.signal(sig, forward) for sig in forwarded}
+    try:
+        while True:
+            try:
+                got, status = os.waitpid(pid, 0)
+            except InterruptedError:
+                continue
+            if got == pid:
+                break
+    finally:
+        for sig, handler in old.items():
+            signal.signal(sig, handler)
+    if os.WIFSIGNALED(status):
+        return 128 + os.WTERMSIG(status)
+    return os.WEXITSTATUS(status)

@@ -1,0 +1,192 @@
+"""What runs inside the container before its process: the bootstrap and the init.
+
+Both are forked from the runtime process (no new interpreter, so no Python
+start-up cost per container). The bootstrap enters and creates the
+namespaces and forks the init, which becomes PID 1 of a new pid namespace;
+the init builds the root filesystem, pivots into it, takes on the process's
+identity and waits on the exec fifo until `start`. See docs/RUNTIME-DESIGN.md.
+
+Both are non-dumpable from their first step: while they still run the
+host's Python, no process in the container may open /proc/PID/exe or
+their memory (CVE-2019-5736). execve of the container's program resets it.
+"""
+
+from __future__ import annotations
+
+import os
+import traceback
+from dataclasses import dataclass
+from typing import Any, NoReturn
+
+from namespaces import syscalls as sc
+from runtime import console, hooks, process, rootfs
+from runtime.spec import NamespaceSpec
+from runtime.sync import Channel
+
+PR_SET_DUMPABLE = 4
+
+# setns order: a user namespace first (it owns the others), the mount namespace last
+JOIN_ORDER = ("user", "ipc", "uts", "network", "pid", "cgroup", "time", "mount")
+FLAGS = {
+    "pid": sc.CLONE_NEWPID,
+    "network": sc.CLONE_NEWNET,
+    "mount": sc.CLONE_NEWNS,
+    "ipc": sc.CLONE_NEWIPC,
+    "uts": sc.CLONE_NEWUTS,
+    "user": sc.CLONE_NEWUSER,
+    "cgroup": sc.CLONE_NEWCGROUP,
+    "time": sc.CLONE_NEWTIME,
+}
+
+
+@dataclass
+class InitContext:
+    """Everything the bootstrap and init need, decided by the runtime before it forks."""
+
+    config: dict[str, Any]
+    bundle: str
+    rootfs: str
+    namespaces: list[NamespaceSpec]
+    plan: Any  # runtime.process.ProcessPlan
+    fifo: str
+    no_pivot: bool
+    console_fd: int | None  # connected to --console-socket by the runtime (host paths die at pivot)
+    preserve_fds: int
+    cgroup_dir: str | None  # the container's cgroup directory on the host
+
+
+def _fail(ch: Channel, exc: BaseException) -> NoReturn:
+    try:
+        detail = str(exc) or type(exc).__name__
+        if os.environ.get("PINNACE_OCI_DEBUG"):
+            detail += "\n" + traceback.format_exc()
+        ch.send("error", message=detail)
+    finally:
+        os._exit(1)
+
+
+def bootstrap(ch: Channel, ctx: InitContext, sys: sc.Syscalls) -> NoReturn:
+    """Enter/create namespaces, fork the init, report its PID, exit."""
+    try:
+        sys.prctl(PR_SET_DUMPABLE, 0)
+        ch.recv("go")  # the runtime has put us in the container's cgroup
+        joined = {n.type: n.path for n in ctx.namespaces if n.path}
+        fds = {t: os.open(p, os.O_RDONLY | os.O_CLOEXEC) for t, p in joined.items()}
+        for t in JOIN_ORDER:
+            if t in fds:
+                try:
+                    sys.setns(fds[t], FLAGS[t])
+                except sc.SyscallError as exc:
+                    raise OSError(
+                        exc.errno, f"cannot join {t} namespace: {exc.strerror}", joined[t]
+                    ) from None
+                os.close(fds[t])
+        new = {n.type for n in ctx.namespaces if n.path is None}
+        if "user" in new:
+            sys.unshare(sc.CLONE_NEWUSER)
+            ch.send("userns")
+            ch.recv("maps")
+            os.setresgid(0, 0, 0)
+            os.setresuid(0, 0, 0)
+        flags = 0
+        for t in new - {"user"}:
+            flags |= FLAGS[t]
+        if flags:
+            sys.unshare(flags)
+        if "time" in new:
+            _write_time_offsets(ctx.config)
+        pid = os.fork()
+        if pid == 0:
+            init(ch, ctx, sys)
+        ch.send("init", pid=pid)
+        os._exit(0)
+    except BaseException as exc:
+        _fail(ch, exc)
+
+
+def _write_time_offsets(config: dict[str, Any]) -> None:
+    offsets = (config.get("linux") or {}).get("timeOffsets") or {}
+    lines = []
+    for clock in ("monotonic", "boottime"):
+        if clock in offsets:
+            o = offsets[clock]
+            lines.append(f"{clock} {int(o.get('secs', 0))} {int(o.get('nanosecs', 0))}\n")
+    if lines:
+        with open("/proc/self/timens_offsets", "w") as f:
+            f.write("".join(lines))
+
+
+def console_size(config: dict[str, Any]) -> tuple[int, int] | None:
+    size = (config.get("process") or {}).get("consoleSize")
+    if not size:
+        return None
+    return int(size.get("height", 0)), int(size.get("width", 0))
+
+
+def owner_uid(config: dict[str, Any]) -> int | None:
+    """The pty belongs to the process's user when that is not root."""
+    uid = int(((config.get("process") or {}).get("user") or {}).get("uid", 0))
+    return uid or None
+
+
+def _preload(plan: Any) -> None:
+    """Import now what the init may need after pivot_root (lazy imports would fail then)."""
+    import array  # noqa: F401  (SCM_RIGHTS, console)
+    import select  # noqa: F401
+    import subprocess  # noqa: F401  (hooks)
+    import termios  # noqa: F401  (console)
+
+    process.preload(plan)
+    rootfs.preload()
+    hooks.preload()
+    console.preload()
+
+
+def init(ch: Channel, ctx: InitContext, sys: sc.Syscalls) -> NoReturn:
+    """The container's PID 1 until it execs the container's process."""
+    try:
+        sys.prctl(PR_SET_DUMPABLE, 0)
+        # Nothing is imported after pivot_root: the host's site-packages are gone then.
+        _preload(ctx.plan)
+        in_userns = any(n.type == "user" for n in ctx.namespaces)
+        fifo_fd = os.open(ctx.fifo, os.O_PATH | os.O_CLOEXEC)
+        rootfs.prepare_rootfs(
+            ctx.config, ctx.bundle, sys=sys, in_userns=in_userns, cgroup_path=ctx.cgroup_dir
+        )
+        if ctx.config.get("hostname"):
+            sys.sethostname(ctx.config["hostname"])
+        if ctx.config.get("domainname"):
+            sys.setdomainname(ctx.config["domainname"])
+        ch.send("prepivot")
+        state = ch.recv("continue")["state"]
+        container_hooks = (ctx.config.get("hooks") or {}).get("createContainer") or []
+        if container_hooks:
+            hooks.run_hooks("createContainer", container_hooks, state, cwd=ctx.bundle)
+        rootfs.pivot_into(ctx.rootfs, no_pivot=ctx.no_pivot, sys=sys)
+        if ctx.console_fd is not None:
+            console.setup_console(
+                ctx.console_fd,
+                sys=sys,
+                size=console_size(ctx.config),
+                owner_uid=owner_uid(ctx.config),
+            )
+        process.apply_sysctls(ctx.plan)
+        rootfs.finish_rootfs(ctx.config, sys=sys)
+        process.apply_identity(ctx.plan, sys=sys)
+        ch.send("ready")
+        ch.close()
+    except BaseException as exc:
+        _fail(ch, exc)
+    # Created. Block until `start` opens the fifo for reading.
+    try:
+        fd = os.open(f"/proc/self/fd/{fifo_fd}", os.O_WRONLY | os.O_CLOEXEC)
+        os.write(fd, b"0")
+        os.close(fd)
+        os.close(fifo_fd)
+        start_hooks = (ctx.config.get("hooks") or {}).get("startContainer") or []
+        if start_hooks:
+            hooks.run_hooks("startContainer", start_hooks, state, cwd="/")
+    except BaseException as exc:
+        os.write(2, f"pinnace-oci init: {exc}\n".encode(errors="replace"))
+        os._exit(1)
+    process.exec_process(ctx.plan, preserve_fds=ctx.preserve_fds, sys=sys)
