@@ -134,6 +134,7 @@ def create(root: RuntimeRoot, cid: str, opts: CreateOptions) -> ContainerState:
     manager = None
     child = 0
     console_fd: int | None = None
+    fifo_fd = -1
     try:
         if opts.console_socket:
             from runtime import console
@@ -142,8 +143,10 @@ def create(root: RuntimeRoot, cid: str, opts: CreateOptions) -> ContainerState:
         fifo = cdir.fifo
         os.mkfifo(fifo, 0o622)
         os.chmod(fifo, 0o622)  # any container uid may open it to signal readiness
+        fifo_fd = os.open(fifo, os.O_PATH | os.O_CLOEXEC)
         manager = CgroupV2Manager(p.cgroup)
         manager.create(p.resources)
+        manager.apply(p.resources)  # limits in place before any process joins
         from cgroups.devices import apply_device_rules
 
         apply_device_rules(sc.libc(), manager.path, device_policy(p.device_rules, p.config))
@@ -153,7 +156,7 @@ def create(root: RuntimeRoot, cid: str, opts: CreateOptions) -> ContainerState:
             rootfs=p.rootfs,
             namespaces=p.namespaces,
             plan=p.plan,
-            fifo=str(fifo),
+            fifo_fd=fifo_fd,
             no_pivot=opts.no_pivot,
             console_fd=console_fd,
             preserve_fds=opts.preserve_fds,
@@ -168,6 +171,8 @@ def create(root: RuntimeRoot, cid: str, opts: CreateOptions) -> ContainerState:
             ours.close()
             bootstrap(theirs, ctx, s)  # never returns
         theirs.close()
+        os.close(fifo_fd)  # the init has its copy
+        fifo_fd = -1
         if console_fd is not None:
             os.close(console_fd)  # the init has its copy
             console_fd = None
@@ -203,6 +208,8 @@ def create(root: RuntimeRoot, cid: str, opts: CreateOptions) -> ContainerState:
     except BaseException:
         if console_fd is not None:
             os.close(console_fd)
+        if fifo_fd >= 0:
+            os.close(fifo_fd)
         _undo(state, child, manager)
         cdir.remove()
         raise

@@ -48,7 +48,7 @@ class InitContext:
     rootfs: str
     namespaces: list[NamespaceSpec]
     plan: Any  # runtime.process.ProcessPlan
-    fifo: str
+    fifo_fd: int  # O_PATH on exec.fifo, opened by the runtime: the init may not reach --root
     no_pivot: bool
     console_fd: int | None  # connected to --console-socket by the runtime (host paths die at pivot)
     preserve_fds: int
@@ -149,7 +149,7 @@ def init(ch: Channel, ctx: InitContext, sys: sc.Syscalls) -> NoReturn:
         # Nothing is imported after pivot_root: the host's site-packages are gone then.
         _preload(ctx.plan)
         in_userns = any(n.type == "user" for n in ctx.namespaces)
-        fifo_fd = os.open(ctx.fifo, os.O_PATH | os.O_CLOEXEC)
+        fifo_fd = ctx.fifo_fd
         rootfs.prepare_rootfs(
             ctx.config, ctx.bundle, sys=sys, in_userns=in_userns, cgroup_path=ctx.cgroup_dir
         )

@@ -152,9 +152,31 @@ def parse_root(config: dict[str, Any], bundle: str) -> tuple[str, bool]:
     if not isinstance(readonly, bool):
         raise SpecError("root.readonly", f"must be true or false, not {readonly!r}")
     full = os.path.join(bundle, path)
-    if not os.path.isdir(full):
+    try:
+        st = os.stat(full)
+    except PermissionError:
+        raise SpecError(
+            "root.path",
+            f"{full} cannot be reached by host uid {_host_uid()} (in a user namespace: the "
+            "bundle's directories must be searchable by the container's mapped root)",
+        ) from None
+    except FileNotFoundError:
+        raise SpecError("root.path", f"{full} does not exist") from None
+    if not stat.S_ISDIR(st.st_mode):
         raise SpecError("root.path", f"{full} is not a directory")
     return os.path.realpath(full), readonly
+
+
+def _host_uid() -> int:
+    """Our effective uid as the host sees it (through our user namespace's uid_map)."""
+    from namespaces.userns import map_id, parse_map
+
+    try:
+        with open("/proc/self/uid_map") as f:
+            host = map_id(parse_map(f.read()), os.geteuid())
+    except OSError:
+        host = None
+    return os.geteuid() if host is None else host
 
 
 def parse_mounts(mounts: Any, bundle: str) -> tuple[MountSpec, ...]:

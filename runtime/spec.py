@@ -52,14 +52,14 @@ def check_top(config: dict[str, Any], bundle: str) -> str:
     root = config.get("root")
     if not isinstance(root, dict) or not isinstance(root.get("path"), str) or not root["path"]:
         raise SpecError("root.path", "missing")
-    rootfs = os.path.join(bundle, root["path"])
-    if not os.path.isdir(rootfs):
-        raise SpecError("root.path", f"{rootfs} is not a directory")
+    from runtime.rootfs_spec import parse_root
+
+    rootfs, _ = parse_root(config, bundle)
     if not isinstance(config.get("process"), dict):
         raise SpecError("process", "missing: a container needs a process to run")
     if "hostname" in config and not isinstance(config["hostname"], str):
         raise SpecError("hostname", "must be a string")
-    return os.path.realpath(rootfs)
+    return rootfs
 
 
 def namespaces(config: dict[str, Any]) -> list[NamespaceSpec]:
