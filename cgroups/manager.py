@@ -245,6 +245,8 @@ Applier = Callable[[WriteBatch, Resources], None]
 
 def apply_pids_max(b: WriteBatch, r: Resources) -> None:
     if r.pids and (value := pids_max_value(r.pids.limit)) is not None:
+        if value == "max" and not b.has("pids.max"):
+            return  # no pids controller here, so no limit to lift
         b.write("pids.max", value, f"{PREFIX}.pids.limit")
 
 

@@ -395,9 +395,16 @@ def memory_value(value: int | None) -> str | None:
 
 
 def pids_max_value(limit: int | None) -> str | None:
+    """pids.limit: <= 0 is "no limit", None leaves pids.max alone.
+
+    Runtime spec 1.2 documents "default is no limit" and the engines that
+    drive runtimes send 0 to mean that (podman and CRI-O, as crun and runc up
+    to 1.3 read it); only runc 1.4, after a later spec change, writes a
+    literal 0. A literal 0 would also stop the container's init from forking.
+    """
     if limit is None:
         return None
-    return "max" if limit < 0 else str(limit)
+    return "max" if limit <= 0 else str(limit)
 
 
 def blkio_weight_to_io_weight(weight: int) -> int:
@@ -449,8 +456,8 @@ def needed_controllers(r: Resources) -> frozenset[str]:
         amounts = (m.limit, m.reservation, m.swap, m.high, m.min)
         if any(amounts) or m.oom_group is not None:
             need.add("memory")
-    if r.pids and r.pids.limit is not None:
-        need.add("pids")
+    if r.pids and r.pids.limit is not None and r.pids.limit > 0:
+        need.add("pids")  # "no limit" needs no controller: without one there is none
     if b := r.block_io:
         weighted = b.weight or any(w.weight for w in b.weight_device)
         if weighted or any(devs for _, devs in b.throttles()):

@@ -237,3 +237,29 @@ def test_signals_reach_the_init(oci, make_bundle):
     oci("kill", "s2")  # SIGTERM by default
     _wait_status(oci, "s2", "stopped")
     oci("delete", "s2")
+
+
+def test_list_table_and_quiet(oci, make_bundle):
+    oci("create", "--bundle", str(make_bundle(["true"])), "l1")
+    table = oci("list").stdout.splitlines()
+    assert table[0].split() == ["ID", "PID", "STATUS", "BUNDLE", "CREATED", "OWNER"]
+    assert table[1].split()[:3] == ["l1", str(oci.state("l1")["pid"]), "created"]
+    assert oci("list", "-q").stdout == "l1\n"
+    oci("delete", "l1")
+
+
+def test_events_stream_until_the_container_stops(oci, make_bundle):
+    bundle = make_bundle(["sh", "-c", "sleep 1"])
+    oci("run", "--detach", "--bundle", str(bundle), "ev2")
+    res = oci("events", "--interval", "200ms", "ev2", timeout=30)
+    events = [json.loads(line) for line in res.stdout.splitlines()]
+    assert len(events) >= 2  # at least two intervals in the second it ran
+    assert all(e["type"] == "stats" and e["id"] == "ev2" for e in events)
+    oci("delete", "ev2")
+
+
+def test_no_pivot(oci, make_bundle):
+    bundle = make_bundle(["sh", "-c", "ls /; cat /proc/self/mountinfo | wc -l"])
+    res = oci("run", "--no-pivot", "--bundle", str(bundle), "np1")
+    names = res.stdout.split()
+    assert "bin" in names and "etc" in names

@@ -105,7 +105,7 @@ def test_small_value_helpers():
     assert memory_value(4096) == "4096"
     assert pids_max_value(None) is None
     assert pids_max_value(-1) == "max"
-    assert pids_max_value(0) == "0"  # current runtime-spec guidance: a real limit
+    assert pids_max_value(0) == "max"  # spec 1.2 "default is no limit", as podman/CRI-O send it
     assert pids_max_value(64) == "64"
     assert blkio_weight_to_io_weight(0) == 0
     assert blkio_weight_to_io_weight(10) == 1
@@ -314,7 +314,7 @@ def test_direct_construction_validates_too():
         (Resources(memory=Memory(limit=1 << 20)), {"memory"}),
         (Resources(memory=Memory(oom_group=False)), {"memory"}),
         (Resources(memory=Memory(swappiness=10, kernel=100)), set()),
-        (Resources(pids=Pids(0)), {"pids"}),
+        (Resources(pids=Pids(0)), set()),  # no limit: nothing to enforce
         (Resources(pids=Pids(None)), set()),
         (Resources(block_io=BlockIO(weight=100)), {"io"}),
         (Resources(block_io=BlockIO(leaf_weight=100)), set()),
@@ -328,3 +328,9 @@ def test_direct_construction_validates_too():
 )
 def test_needed_controllers(resources, needed):
     assert needed_controllers(resources) == needed
+
+
+def test_no_pids_limit_needs_no_controller():
+    assert "pids" not in needed_controllers(Resources.from_oci({"pids": {"limit": 0}}))
+    assert "pids" not in needed_controllers(Resources.from_oci({"pids": {"limit": -1}}))
+    assert "pids" in needed_controllers(Resources.from_oci({"pids": {"limit": 5}}))
