@@ -40,7 +40,7 @@ def sha256_digest(data: bytes) -> str:
 
 def validate_digest(digest: str) -> str:
     """Return `digest` unchanged if well formed, raise InvalidDigestError otherwise."""
-    if not _SHA256_RE.match(digest):
+    if not _SHA256_RE.fullmatch(digest):
         raise InvalidDigestError(digest)
     return digest
 
@@ -52,4 +52,4 @@ def digest_hex(digest: str) -> str:
 
 def is_digest(reference: str) -> bool:
     """Whether a manifest reference is a digest rather than a tag."""
-    return bool(_SHA256_RE.match(reference))
+    return bool(_SHA256_RE.fullmatch(reference))

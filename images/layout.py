@@ -94,7 +94,7 @@ def canonical_json(obj: Any) -> bytes:
 
 
 def validate_ref_name(ref_name: str) -> str:
-    if not _REF_NAME_RE.match(ref_name):
+    if not _REF_NAME_RE.fullmatch(ref_name):
         raise InvalidRefNameError(ref_name)
     return ref_name
 

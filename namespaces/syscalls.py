@@ -10,10 +10,9 @@ tests can pass a recording fake instead of touching the kernel.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import errno as errno_mod
 import os
-import platform
+import signal
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -152,6 +151,9 @@ class Syscalls(Protocol):
     # --- personality(2), for the OCI linux.personality domain (runtime/process.py) ---
     def personality(self, persona: int) -> int: ...
 
+    # --- clone3(2) as fork, born in a cgroup, for runtime/ (CgroupV2Manager.fork_into) ---
+    def fork_into_cgroup(self, cgroup_fd: int) -> int: ...
+
 
 def _enc(s: str | None) -> bytes | None:
     return None if s is None else os.fsencode(s)
@@ -161,7 +163,10 @@ class Libc:
     """Syscalls made through ctypes on the C library, errno preserved."""
 
     def __init__(self) -> None:
-        self._libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        # dlopen(NULL): the C library the interpreter runs on is already loaded. (Not
+        # ctypes.util.find_library("c"): it imports subprocess and forks `ldconfig -p`,
+        # ~15 ms of every pinnace-oci create.)
+        self._libc = ctypes.CDLL(None, use_errno=True)
         self._syscall = self._libc.syscall
         self._syscall.restype = ctypes.c_long
 
@@ -189,7 +194,7 @@ class Libc:
 
     def pivot_root(self, new_root: str, put_old: str) -> None:
         # glibc has no wrapper; the number predates the generic table
-        nr = {"x86_64": 155, "aarch64": 41}[platform.machine()]
+        nr = {"x86_64": 155, "aarch64": 41}[os.uname().machine]
         ret = self._syscall(ctypes.c_long(nr), _enc(new_root), _enc(put_old))
         self._check(ret, "pivot_root", new_root)
 
@@ -339,6 +344,27 @@ class Libc:
         ret = self._libc.personality(ctypes.c_ulong(persona))
         return self._check(ret, "personality")
 
+    # --- clone3(2) as fork, born in a cgroup, for runtime/ (CgroupV2Manager.fork_into) ---
+
+    def fork_into_cgroup(self, cgroup_fd: int) -> int:
+        """fork(2), the child starting in the cgroup `cgroup_fd` is open on (clone3 with
+        CLONE_INTO_CGROUP, Linux >= 5.7); returns the child's PID, and 0 in the child.
+
+        A raw syscall, not glibc's fork(): the child skips glibc's atfork handlers and
+        Python's after-fork work (os.register_at_fork callbacks, thread and lock
+        re-initialisation). That is only sound in a single-threaded process whose child
+        needs none of it; CgroupV2Manager.fork_into checks the first. The call holds the
+        GIL throughout (through PyDLL), as os.fork does, so the child resumes holding it.
+        No new stack (stack 0): like fork, the child continues on a copy of the parent's.
+        """
+        args = _CloneArgs(flags=CLONE_INTO_CGROUP, exit_signal=signal.SIGCHLD, cgroup=cgroup_fd)
+        syscall = ctypes.PyDLL(None, use_errno=True).syscall
+        syscall.restype = ctypes.c_long
+        ret = syscall(
+            ctypes.c_long(SYS_CLONE3), ctypes.byref(args), ctypes.c_size_t(ctypes.sizeof(args))
+        )
+        return self._check(ret, "clone3", f"cgroup fd {cgroup_fd}")
+
 
 _default: Libc | None = None
 
@@ -376,3 +402,26 @@ MOUNT_ATTR_NOEXEC = 0x8
 
 AT_FDCWD = -100
 UMOUNT_NOFOLLOW = 0x8
+
+# --- clone3(2), for Libc.fork_into_cgroup (linux/sched.h) ---------------------------
+SYS_CLONE3 = 435
+CLONE_INTO_CGROUP = 0x200000000
+
+
+class _CloneArgs(ctypes.Structure):
+    """struct clone_args up to `cgroup` (CLONE_ARGS_SIZE_VER2, 88 bytes): a kernel that
+    predates the field refuses the size with E2BIG."""
+
+    _fields_ = (
+        ("flags", ctypes.c_uint64),
+        ("pidfd", ctypes.c_uint64),
+        ("child_tid", ctypes.c_uint64),
+        ("parent_tid", ctypes.c_uint64),
+        ("exit_signal", ctypes.c_uint64),
+        ("stack", ctypes.c_uint64),
+        ("stack_size", ctypes.c_uint64),
+        ("tls", ctypes.c_uint64),
+        ("set_tid", ctypes.c_uint64),
+        ("set_tid_size", ctypes.c_uint64),
+        ("cgroup", ctypes.c_uint64),
+    )

@@ -12,18 +12,24 @@ import os
 import signal
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from namespaces import syscalls as sc
-from runtime import hooks, process, rootfs, spec
+from runtime import process, rootfs, spec
 from runtime.errors import RuntimeFailure, SpecError
 from runtime.init import InitContext, bootstrap
-from runtime.state import CREATED, CREATING, ContainerState, RuntimeRoot, proc_start_time
+from runtime.state import (
+    CREATED,
+    CREATING,
+    DEFAULT_CGROUP_PARENT,
+    ContainerState,
+    RuntimeRoot,
+    proc_start_time,
+    remove_empty_parent,
+)
 from runtime.sync import Channel
 
 PR_SET_CHILD_SUBREAPER = 36
-DEFAULT_CGROUP_PARENT = "pinnace"
 
 
 @dataclass
@@ -68,7 +74,10 @@ def prepare(cid: str, opts: CreateOptions) -> Prepared:
     linux = config.get("linux") or {}
     plan = process.plan_process(config["process"], linux, rootfs=rootfs_path)
     rootfs.validate_rootfs(config, bundle)
-    hooks.validate_hooks(config.get("hooks"))
+    if config.get("hooks") is not None:
+        from runtime import hooks
+
+        hooks.validate_hooks(config["hooks"])
     terminal = bool(config["process"].get("terminal"))
     if terminal and not opts.console_socket:
         raise RuntimeFailure(
@@ -146,6 +155,7 @@ def create(root: RuntimeRoot, cid: str, opts: CreateOptions) -> ContainerState:
         fifo_fd = os.open(fifo, os.O_PATH | os.O_CLOEXEC)
         manager = CgroupV2Manager(p.cgroup)
         manager.create(p.resources)
+        state.cgroup_dir = str(manager.path)
         manager.apply(p.resources)  # limits in place before any process joins
         from cgroups.devices import apply_device_rules
 
@@ -166,7 +176,8 @@ def create(root: RuntimeRoot, cid: str, opts: CreateOptions) -> ContainerState:
         # Orphans of the bootstrap (the init) come back to us, so `run` can wait for them.
         s.prctl(PR_SET_CHILD_SUBREAPER, 1)
         ours, theirs = Channel.pair()
-        child = os.fork()
+        forked = manager.fork_into()  # the child born in the cgroup; None: fork + add_process
+        child = os.fork() if forked is None else forked
         if child == 0:
             ours.close()
             bootstrap(theirs, ctx, s)  # never returns
@@ -176,14 +187,20 @@ def create(root: RuntimeRoot, cid: str, opts: CreateOptions) -> ContainerState:
         if console_fd is not None:
             os.close(console_fd)  # the init has its copy
             console_fd = None
-        manager.add_process(child)
+        if forked is None:
+            manager.add_process(child)
         ours.send("go")
         msg = ours.recv("userns", "init")
         if msg["type"] == "userns":
             from namespaces.userns import IDMap, write_maps
 
             write_maps(child, [IDMap(*m) for m in p.uid_maps], [IDMap(*m) for m in p.gid_maps])
-            ours.send("maps")
+            trees = _idmapped_trees(p.config, opts.bundle, child, s)
+            try:
+                ours.send_fds("maps", list(trees.values()), idmap_indexes=list(trees))
+            finally:
+                for fd in trees.values():
+                    os.close(fd)
             msg = ours.recv("init")
         os.waitpid(child, 0)
         child = 0
@@ -196,6 +213,8 @@ def create(root: RuntimeRoot, cid: str, opts: CreateOptions) -> ContainerState:
         hook_state = state.oci(CREATING)
         for kind in ("prestart", "createRuntime"):
             if state.hooks.get(kind):
+                from runtime import hooks
+
                 hooks.run_hooks(kind, state.hooks[kind], hook_state, cwd=opts.bundle)
         ours.send("continue", state=hook_state)
         ours.recv("ready")
@@ -215,6 +234,24 @@ def create(root: RuntimeRoot, cid: str, opts: CreateOptions) -> ContainerState:
         raise
 
 
+def _idmapped_trees(
+    config: dict[str, Any], bundle: str, child: int, s: sc.Syscalls
+) -> dict[int, int]:
+    """Idmapped clones of the idmap/ridmap mounts' sources, for a container with a user
+    namespace: made here, where the host's filesystems can still be idmapped, through
+    the container's user namespace (the bootstrap's, its maps already written)."""
+    wants = any(
+        {"idmap", "ridmap"} & set(m.get("options") or []) for m in config.get("mounts") or []
+    )
+    if not wants:
+        return {}
+    userns = os.open(f"/proc/{child}/ns/user", os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        return rootfs.open_idmapped_trees(config, bundle, sys=s, userns_fd=userns)
+    finally:
+        os.close(userns)
+
+
 def _undo(state: ContainerState, child: int, manager: Any) -> None:
     """Kill what a failed create started and remove its cgroup."""
     for pid in (child, state.pid):
@@ -227,14 +264,6 @@ def _undo(state: ContainerState, child: int, manager: Any) -> None:
         with contextlib.suppress(Exception):
             manager.destroy()
         remove_empty_parent(manager.path)
-
-
-def remove_empty_parent(cgroup_path: Path) -> None:
-    """Remove Pinnace's default parent cgroup when its last container went."""
-    parent = cgroup_path.parent
-    if parent.name == DEFAULT_CGROUP_PARENT:
-        with contextlib.suppress(OSError):
-            parent.rmdir()
 
 
 def _write_pid_file(path: str, pid: int) -> None:

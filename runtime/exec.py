@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any, NoReturn
 
 from namespaces import syscalls as sc
-from runtime import console, process
+from runtime import process
 from runtime.errors import InvalidState, RuntimeFailure, SpecError
 from runtime.init import FLAGS, JOIN_ORDER, PR_SET_DUMPABLE, _fail, console_size, owner_uid
 from runtime.state import CREATED, RUNNING, RuntimeRoot
@@ -115,7 +115,8 @@ def exec_in(root: RuntimeRoot, cid: str, opts: ExecOptions) -> int:
 
         console_fd = console.connect_console_socket(opts.console_socket)
     ours, theirs = Channel.pair()
-    child = os.fork()
+    forked = manager.fork_into()  # the joiner born in the cgroup; None: fork + add_process
+    child = os.fork() if forked is None else forked
     if child == 0:
         ours.close()
         pty = None
@@ -126,7 +127,8 @@ def exec_in(root: RuntimeRoot, cid: str, opts: ExecOptions) -> int:
     if console_fd is not None:
         os.close(console_fd)  # the joiner has its copy
     try:
-        manager.add_process(child)
+        if forked is None:
+            manager.add_process(child)
         ours.send("go")
         # the joiner's "pid" and its child's "ready" may arrive in either order
         got = {m["type"]: m for m in (ours.recv("pid", "ready"), ours.recv("pid", "ready"))}
@@ -161,7 +163,10 @@ def _joiner(
     try:
         s.prctl(PR_SET_DUMPABLE, 0)
         process.preload(plan)
-        console.preload()
+        if pty is not None:
+            from runtime import console
+
+            console.preload()
         ch.recv("go")  # we are in the container's cgroup now
         own = {t: os.stat(f"/proc/self/ns/{p}").st_ino for t, p in PROC_NS.items()}
         fds = {}
@@ -178,6 +183,8 @@ def _joiner(
         if pid == 0:
             try:
                 if pty is not None:
+                    from runtime import console  # preloaded
+
                     console.setup_exec_console(pty[0], sys=s, size=pty[1], owner_uid=pty[2])
                 process.apply_identity(plan, sys=s)
                 ch.send("ready")

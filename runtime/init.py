@@ -14,12 +14,11 @@ their memory (CVE-2019-5736). execve of the container's program resets it.
 from __future__ import annotations
 
 import os
-import traceback
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, NoReturn
 
 from namespaces import syscalls as sc
-from runtime import console, hooks, process, rootfs
+from runtime import process, rootfs
 from runtime.spec import NamespaceSpec
 from runtime.sync import Channel
 
@@ -53,12 +52,17 @@ class InitContext:
     console_fd: int | None  # connected to --console-socket by the runtime (host paths die at pivot)
     preserve_fds: int
     cgroup_dir: str | None  # the container's cgroup directory on the host
+    # mount index -> detached idmapped tree, made by the runtime for a container with its
+    # own user namespace (the init has no rights over the host's filesystems then)
+    idmap_trees: dict[int, int] = field(default_factory=dict)
 
 
 def _fail(ch: Channel, exc: BaseException) -> NoReturn:
     try:
         detail = str(exc) or type(exc).__name__
         if os.environ.get("PINNACE_OCI_DEBUG"):
+            import traceback  # preloaded: this may run after pivot_root
+
             detail += "\n" + traceback.format_exc()
         ch.send("error", message=detail)
     finally:
@@ -85,7 +89,8 @@ def bootstrap(ch: Channel, ctx: InitContext, sys: sc.Syscalls) -> NoReturn:
         if "user" in new:
             sys.unshare(sc.CLONE_NEWUSER)
             ch.send("userns")
-            ch.recv("maps")
+            maps_msg, tree_fds = ch.recv_fds("maps")
+            ctx.idmap_trees = dict(zip(maps_msg.get("idmap_indexes", []), tree_fds, strict=True))
             os.setresgid(0, 0, 0)
             os.setresuid(0, 0, 0)
         flags = 0
@@ -129,17 +134,27 @@ def owner_uid(config: dict[str, Any]) -> int | None:
     return uid or None
 
 
-def _preload(plan: Any) -> None:
-    """Import now what the init may need after pivot_root (lazy imports would fail then)."""
-    import array  # noqa: F401  (SCM_RIGHTS, console)
-    import select  # noqa: F401
-    import subprocess  # noqa: F401  (hooks)
-    import termios  # noqa: F401  (console)
-
-    process.preload(plan)
+def _preload(ctx: InitContext) -> None:
+    """Import now what the init may need after pivot_root (lazy imports would fail then),
+    and only that: each module costs the create path its import time."""
+    process.preload(ctx.plan)
     rootfs.preload()
-    hooks.preload()
-    console.preload()
+    if _container_hooks(ctx.config, "createContainer", "startContainer"):
+        from runtime import hooks
+
+        hooks.preload()
+    if ctx.console_fd is not None:
+        from runtime import console
+
+        console.preload()
+    if os.environ.get("PINNACE_OCI_DEBUG"):
+        import traceback  # noqa: F401  (_fail)
+
+
+def _container_hooks(config: dict[str, Any], *kinds: str) -> list[dict[str, Any]]:
+    """The config's hooks of these kinds, in order."""
+    found = config.get("hooks") or {}  # validated by create
+    return [h for kind in kinds for h in found.get(kind) or []]
 
 
 def init(ch: Channel, ctx: InitContext, sys: sc.Syscalls) -> NoReturn:
@@ -147,23 +162,34 @@ def init(ch: Channel, ctx: InitContext, sys: sc.Syscalls) -> NoReturn:
     try:
         sys.prctl(PR_SET_DUMPABLE, 0)
         # Nothing is imported after pivot_root: the host's site-packages are gone then.
-        _preload(ctx.plan)
+        _preload(ctx)
         in_userns = any(n.type == "user" for n in ctx.namespaces)
         fifo_fd = ctx.fifo_fd
         rootfs.prepare_rootfs(
-            ctx.config, ctx.bundle, sys=sys, in_userns=in_userns, cgroup_path=ctx.cgroup_dir
+            ctx.config,
+            ctx.bundle,
+            sys=sys,
+            in_userns=in_userns,
+            cgroup_path=ctx.cgroup_dir,
+            idmap_trees=ctx.idmap_trees,
         )
+        for fd in ctx.idmap_trees.values():
+            os.close(fd)
         if ctx.config.get("hostname"):
             sys.sethostname(ctx.config["hostname"])
         if ctx.config.get("domainname"):
             sys.setdomainname(ctx.config["domainname"])
         ch.send("prepivot")
         state = ch.recv("continue")["state"]
-        container_hooks = (ctx.config.get("hooks") or {}).get("createContainer") or []
+        container_hooks = _container_hooks(ctx.config, "createContainer")
         if container_hooks:
+            from runtime import hooks  # preloaded
+
             hooks.run_hooks("createContainer", container_hooks, state, cwd=ctx.bundle)
         rootfs.pivot_into(ctx.rootfs, no_pivot=ctx.no_pivot, sys=sys)
         if ctx.console_fd is not None:
+            from runtime import console  # preloaded
+
             console.setup_console(
                 ctx.console_fd,
                 sys=sys,
@@ -183,8 +209,10 @@ def init(ch: Channel, ctx: InitContext, sys: sc.Syscalls) -> NoReturn:
         os.write(fd, b"0")
         os.close(fd)
         os.close(fifo_fd)
-        start_hooks = (ctx.config.get("hooks") or {}).get("startContainer") or []
+        start_hooks = _container_hooks(ctx.config, "startContainer")
         if start_hooks:
+            from runtime import hooks  # preloaded
+
             hooks.run_hooks("startContainer", start_hooks, state, cwd="/")
     except BaseException as exc:
         os.write(2, f"pinnace-oci init: {exc}\n".encode(errors="replace"))

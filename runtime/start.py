@@ -6,7 +6,6 @@ import os
 import select
 import time
 
-from runtime import hooks
 from runtime.errors import InvalidState, RuntimeFailure
 from runtime.state import CREATED, RUNNING, STOPPED, RuntimeRoot, proc_start_time
 
@@ -32,6 +31,8 @@ def start(root: RuntimeRoot, cid: str) -> None:
         state.status = RUNNING
         cdir.save(state)
     if state.hooks.get("poststart"):
+        from runtime import hooks
+
         # failures are logged as warnings and the container goes on (the spec)
         hooks.run_hooks("poststart", state.hooks["poststart"], state.oci(RUNNING), cwd=state.bundle)
 

@@ -40,6 +40,21 @@ class Channel:
             raise RuntimeFailure(f"unexpected message {msg.get('type')!r} (wanted {expected})")
         return msg
 
+    def send_fds(self, kind: str, fds: list[int], **fields: Any) -> None:
+        """A message carrying open fds (SCM_RIGHTS): the receiver gets its own copies."""
+        socket.send_fds(self.sock, [json.dumps({"type": kind, **fields}).encode()], fds)
+
+    def recv_fds(self, *expected: str, maxfds: int = 64) -> tuple[dict[str, Any], list[int]]:
+        data, fds, _flags, _addr = socket.recv_fds(self.sock, MAX_MSG, maxfds)
+        if not data:
+            raise RuntimeFailure("the container's setup process exited without a word")
+        msg: dict[str, Any] = json.loads(data)
+        if msg.get("type") == "error":
+            raise RuntimeFailure(str(msg.get("message")))
+        if expected and msg.get("type") not in expected:
+            raise RuntimeFailure(f"unexpected message {msg.get('type')!r} (wanted {expected})")
+        return msg, fds
+
     def fileno(self) -> int:
         return self.sock.fileno()
 

@@ -141,3 +141,37 @@ def test_limits_on_a_host_without_the_controller_fail_cleanly(oci, make_bundle, 
     assert res.returncode == 1 and "pids" in res.stderr
     assert oci.ids() == []
     assert not (hierarchy_root / "pinnace" / "lim1").exists()
+
+
+def test_idmapped_volume_in_a_user_namespace(oci, make_bundle, scratch_dir):
+    """A host dir owned by host root: through an idmapped bind it belongs to the
+    container's root; through a plain bind it is nobody's (unmapped)."""
+    vol = scratch_dir / "vol"
+    vol.mkdir()
+    (vol / "file").write_text("x")
+    for d in (scratch_dir, vol):
+        d.chmod(0o755)
+
+    def userns(cfg):
+        cfg["linux"]["namespaces"].append({"type": "user"})
+        cfg["linux"]["uidMappings"] = [{"containerID": 0, "hostID": 300000, "size": 65536}]
+        cfg["linux"]["gidMappings"] = [{"containerID": 0, "hostID": 300000, "size": 65536}]
+        cfg["mounts"] += [
+            {
+                "destination": "/mapped",
+                "type": "bind",
+                "source": str(vol),
+                "options": ["bind", "idmap"],
+            },
+            {"destination": "/plain", "type": "bind", "source": str(vol), "options": ["bind"]},
+        ]
+        cfg["mounts"] = [m for m in cfg["mounts"] if m["type"] != "sysfs"]
+
+    bundle = make_bundle(["sh", "-c", "stat -c %u /mapped/file /plain/file"], edit=userns)
+    # a userns root cannot create in a rootfs the (unmapped) host root owns
+    (bundle / "rootfs" / "mapped").mkdir()
+    (bundle / "rootfs" / "plain").mkdir()
+    for d in (bundle.parent, bundle):
+        d.chmod(0o711)
+    res = oci("run", "--bundle", str(bundle), "idm1")
+    assert res.stdout.split() == ["0", "65534"], res

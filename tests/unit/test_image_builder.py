@@ -418,3 +418,15 @@ def test_digest_validation() -> None:
         with pytest.raises(InvalidDigestError) as err:
             validate_digest(bad)
         assert err.value.digest == bad
+
+
+def test_digest_with_a_trailing_newline_is_refused():
+    import pytest
+
+    from images.digest import InvalidDigestError, is_digest, validate_digest
+
+    good = "sha256:" + "a" * 64
+    assert validate_digest(good) == good
+    assert not is_digest(good + "\n")
+    with pytest.raises(InvalidDigestError):
+        validate_digest(good + "\n")
