@@ -63,8 +63,10 @@ from images.layout import (
     Platform,
     canonical_json,
 )
-from images.store import (
+from images.mediatypes import (
     MEDIA_TYPE_LAYER_ZSTD,
+)
+from images.store import (
     Image,
     ImageStore,
     ImageStoreError,

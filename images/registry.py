@@ -38,24 +38,23 @@ from images.auth import Authorizer, Reply, TokenError, UnsupportedChallengeError
 from images.digest import SHA256, DigestMismatchError, is_digest
 from images.hosts import Credentials, Endpoint, RegistryConfig
 from images.layout import (
-    MEDIA_TYPE_CONFIG,
     MEDIA_TYPE_INDEX,
-    MEDIA_TYPE_LAYER,
-    MEDIA_TYPE_LAYER_GZIP,
     MEDIA_TYPE_MANIFEST,
     Descriptor,
     Platform,
+)
+from images.mediatypes import (
+    CONFIG_MEDIA_TYPES,
+    INDEX_MEDIA_TYPES,
+    LAYER_MEDIA_TYPES,
+    MANIFEST_MEDIA_TYPES,
+    MEDIA_TYPE_DOCKER_LIST,
+    MEDIA_TYPE_DOCKER_MANIFEST,
 )
 from images.reference import Reference, parse_reference
 
 USER_AGENT = "pinnace/0.1"
 
-MEDIA_TYPE_DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
-MEDIA_TYPE_DOCKER_LIST = "application/vnd.docker.distribution.manifest.list.v2+json"
-MEDIA_TYPE_DOCKER_CONFIG = "application/vnd.docker.container.image.v1+json"
-MEDIA_TYPE_DOCKER_LAYER_GZIP = "application/vnd.docker.image.rootfs.diff.tar.gzip"
-MEDIA_TYPE_DOCKER_FOREIGN_LAYER = "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip"
-MEDIA_TYPE_LAYER_ZSTD = "application/vnd.oci.image.layer.v1.tar+zstd"
 _SCHEMA1_TYPES = frozenset(
     {
         "application/vnd.docker.distribution.manifest.v1+json",
@@ -63,21 +62,6 @@ _SCHEMA1_TYPES = frozenset(
     }
 )
 
-INDEX_MEDIA_TYPES = frozenset({MEDIA_TYPE_INDEX, MEDIA_TYPE_DOCKER_LIST})
-MANIFEST_MEDIA_TYPES = frozenset({MEDIA_TYPE_MANIFEST, MEDIA_TYPE_DOCKER_MANIFEST})
-CONFIG_MEDIA_TYPES = frozenset({MEDIA_TYPE_CONFIG, MEDIA_TYPE_DOCKER_CONFIG})
-LAYER_MEDIA_TYPES = frozenset(
-    {
-        MEDIA_TYPE_LAYER,
-        MEDIA_TYPE_LAYER_GZIP,
-        MEDIA_TYPE_LAYER_ZSTD,
-        MEDIA_TYPE_DOCKER_LAYER_GZIP,
-        MEDIA_TYPE_DOCKER_FOREIGN_LAYER,
-        "application/vnd.oci.image.layer.nondistributable.v1.tar",
-        "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip",
-        "application/vnd.oci.image.layer.nondistributable.v1.tar+zstd",
-    }
-)
 # Preference order for content negotiation: an index first, so a multi-platform
 # image is seen as one and the platform is chosen here, not by the registry.
 ACCEPT_MANIFESTS = ", ".join(

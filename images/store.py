@@ -71,13 +71,16 @@ from images.digest import (
     validate_digest,
 )
 from images.layout import (
-    MEDIA_TYPE_CONFIG,
     MEDIA_TYPE_INDEX,
-    MEDIA_TYPE_LAYER,
-    MEDIA_TYPE_LAYER_GZIP,
     MEDIA_TYPE_MANIFEST,
     Descriptor,
     Platform,
+)
+from images.mediatypes import (
+    CONFIG_MEDIA_TYPES,
+    INDEX_MEDIA_TYPES,
+    LAYER_MEDIA_TYPES,
+    MANIFEST_MEDIA_TYPES,
 )
 from overlayfs.errors import (
     LayerError,
@@ -92,30 +95,6 @@ from overlayfs.unpack import apply_layer
 
 DEFAULT_ROOT = Path("/var/lib/pinnace")
 DEFAULT_INGEST_MAX_AGE = 24 * 3600.0  # containerd's default lease expiry for ingests
-
-MEDIA_TYPE_LAYER_ZSTD = "application/vnd.oci.image.layer.v1.tar+zstd"
-DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
-DOCKER_MANIFEST_LIST = "application/vnd.docker.distribution.manifest.list.v2+json"
-DOCKER_CONFIG = "application/vnd.docker.container.image.v1+json"
-DOCKER_LAYER_GZIP = "application/vnd.docker.image.rootfs.diff.tar.gzip"
-DOCKER_LAYER_FOREIGN = "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip"
-
-INDEX_MEDIA_TYPES = frozenset({MEDIA_TYPE_INDEX, DOCKER_MANIFEST_LIST})
-MANIFEST_MEDIA_TYPES = frozenset({MEDIA_TYPE_MANIFEST, DOCKER_MANIFEST})
-CONFIG_MEDIA_TYPES = frozenset({MEDIA_TYPE_CONFIG, DOCKER_CONFIG})
-LAYER_MEDIA_TYPES = frozenset(
-    {
-        MEDIA_TYPE_LAYER,
-        MEDIA_TYPE_LAYER_GZIP,
-        MEDIA_TYPE_LAYER_ZSTD,
-        "application/vnd.oci.image.layer.nondistributable.v1.tar",
-        "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip",
-        "application/vnd.oci.image.layer.nondistributable.v1.tar+zstd",
-        "application/vnd.docker.image.rootfs.diff.tar",
-        DOCKER_LAYER_GZIP,
-        DOCKER_LAYER_FOREIGN,
-    }
-)
 
 EXTRACT_PREFIX = "extract-"
 LABEL_EXTRACT_PID = "pinnace.io/extract.pid"

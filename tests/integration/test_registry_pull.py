@@ -44,13 +44,15 @@ from images.content import ContentStore
 from images.digest import sha256_digest
 from images.hosts import RegistryConfig, parse_registry_config
 from images.layout import MEDIA_TYPE_INDEX, MEDIA_TYPE_MANIFEST, Descriptor, Platform
-from images.pull import PullProgress, PullResult, pull
-from images.push import PushResult, RegistryPusher
-from images.registry import (
+from images.mediatypes import (
     MEDIA_TYPE_DOCKER_CONFIG,
     MEDIA_TYPE_DOCKER_LAYER_GZIP,
     MEDIA_TYPE_DOCKER_LIST,
     MEDIA_TYPE_DOCKER_MANIFEST,
+)
+from images.pull import PullProgress, PullResult, pull
+from images.push import PushResult, RegistryPusher
+from images.registry import (
     BlobInterruptedError,
     ContentDigestMismatchError,
     ContentSizeError,

@@ -25,11 +25,13 @@ from images.layout import (
     Platform,
     canonical_json,
 )
+from images.mediatypes import (
+    MEDIA_TYPE_DOCKER_CONFIG,
+    MEDIA_TYPE_DOCKER_LAYER_GZIP,
+    MEDIA_TYPE_DOCKER_LIST,
+    MEDIA_TYPE_DOCKER_MANIFEST,
+)
 from images.store import (
-    DOCKER_CONFIG,
-    DOCKER_LAYER_GZIP,
-    DOCKER_MANIFEST,
-    DOCKER_MANIFEST_LIST,
     AmbiguousImageError,
     Image,
     ImageNotFoundError,
@@ -72,9 +74,11 @@ def manifest_doc(media_type=MEDIA_TYPE_MANIFEST, config_type=MEDIA_TYPE_CONFIG, 
     return json.dumps(doc).encode()
 
 
-@pytest.mark.parametrize("media_type", [MEDIA_TYPE_MANIFEST, DOCKER_MANIFEST, None])
+@pytest.mark.parametrize("media_type", [MEDIA_TYPE_MANIFEST, MEDIA_TYPE_DOCKER_MANIFEST, None])
 def test_oci_and_docker_manifests_parse(media_type):
-    ctype = DOCKER_CONFIG if media_type == DOCKER_MANIFEST else MEDIA_TYPE_CONFIG
+    ctype = (
+        MEDIA_TYPE_DOCKER_CONFIG if media_type == MEDIA_TYPE_DOCKER_MANIFEST else MEDIA_TYPE_CONFIG
+    )
     config, layers = parse_manifest(manifest_doc(media_type, ctype, layers=2), d(99))
     assert config.digest == d(1)
     assert [x.digest for x in layers] == [d(2), d(3)]
@@ -159,10 +163,10 @@ def test_platform_selection():
 def test_index_parsing_accepts_docker_manifest_lists():
     doc = {
         "schemaVersion": 2,
-        "mediaType": DOCKER_MANIFEST_LIST,
+        "mediaType": MEDIA_TYPE_DOCKER_LIST,
         "manifests": [
             {
-                "mediaType": DOCKER_MANIFEST,
+                "mediaType": MEDIA_TYPE_DOCKER_MANIFEST,
                 "digest": d(4),
                 "size": 3,
                 "platform": {"os": "linux", "architecture": "amd64"},
@@ -505,7 +509,7 @@ def test_recover_removes_temp_record_files_of_dead_writers(store):
 
 
 def test_layer_media_types_of_docker_images_are_accepted(store):
-    layer = put(store, layer_tar("x"), DOCKER_LAYER_GZIP)
+    layer = put(store, layer_tar("x"), MEDIA_TYPE_DOCKER_LAYER_GZIP)
     cfg = put(
         store,
         canonical_json(
@@ -515,18 +519,18 @@ def test_layer_media_types_of_docker_images_are_accepted(store):
                 "rootfs": {"type": "layers", "diff_ids": [layer.digest]},
             }
         ),
-        DOCKER_CONFIG,
+        MEDIA_TYPE_DOCKER_CONFIG,
     )
     manifest = {
         "schemaVersion": 2,
-        "mediaType": DOCKER_MANIFEST,
+        "mediaType": MEDIA_TYPE_DOCKER_MANIFEST,
         "config": cfg.to_json(),
         "layers": [layer.to_json()],
     }
-    m = put(store, canonical_json(manifest), DOCKER_MANIFEST)
+    m = put(store, canonical_json(manifest), MEDIA_TYPE_DOCKER_MANIFEST)
     img = store.create("docker.io/library/x:latest", m.digest)
-    assert img.target.media_type == DOCKER_MANIFEST
-    assert img.layers[0].media_type == DOCKER_LAYER_GZIP
+    assert img.target.media_type == MEDIA_TYPE_DOCKER_MANIFEST
+    assert img.layers[0].media_type == MEDIA_TYPE_DOCKER_LAYER_GZIP
 
 
 def test_a_forked_child_takes_the_store_lock_for_itself(store):

@@ -19,11 +19,13 @@ from images.layout import (
     Descriptor,
     Platform,
 )
-from images.registry import (
+from images.mediatypes import (
     MEDIA_TYPE_DOCKER_CONFIG,
     MEDIA_TYPE_DOCKER_LAYER_GZIP,
     MEDIA_TYPE_DOCKER_LIST,
     MEDIA_TYPE_DOCKER_MANIFEST,
+)
+from images.registry import (
     FetchedIndex,
     FetchedManifest,
     ManifestError,
