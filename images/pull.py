@@ -20,12 +20,13 @@ The store is images/content.py's ContentStore, or anything with its shape:
 
 from __future__ import annotations
 
+import json
 import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Literal, Protocol
+from typing import BinaryIO, Literal, Protocol
 
 from images.digest import DigestMismatchError
 from images.hosts import load_registry_config
@@ -37,10 +38,12 @@ from images.registry import (
     ContentSizeError,
     FetchedIndex,
     FetchedManifest,
+    PlatformNotFoundError,
     PullCancelledError,
     RegistryClient,
     RegistryError,
     ResolvedImage,
+    compatible_platforms,
     normalize_platform,
 )
 
@@ -75,6 +78,8 @@ class ContentStoreLike(Protocol):
     def has(self, digest: str) -> bool: ...
 
     def writer(self, digest: str, size: int) -> ContentWriterContext: ...
+
+    def open(self, digest: str) -> BinaryIO: ...
 
 
 ProgressStatus = Literal["exists", "started", "downloading", "done"]
@@ -136,9 +141,16 @@ def pull(
         if layer.digest not in seen:
             seen.add(layer.digest)
             blobs.append((layer, "layer"))
-    downloaded, present = _fetch_blobs(
-        client, resolved, store, blobs, max(1, max_concurrent), progress
-    )
+    workers = max(1, max_concurrent)
+    if indexes:
+        downloaded, present = _fetch_blobs(client, resolved, store, blobs, workers, progress)
+    else:
+        # a lone manifest names no platform: its config does. Check it before any layer.
+        downloaded, present = _fetch_blobs(client, resolved, store, blobs[:1], workers, progress)
+        _check_config_platform(store, manifest.config, platform, resolved)
+        more = _fetch_blobs(client, resolved, store, blobs[1:], workers, progress)
+        downloaded += more[0]
+        present += more[1]
 
     _store_document(store, resolved, manifest)
     for index in reversed(indexes):
@@ -157,6 +169,23 @@ def pull(
         downloaded=tuple(downloaded),
         present=tuple(present),
     )
+
+
+def _check_config_platform(
+    store: ContentStoreLike, config: Descriptor, platform: Platform, resolved: ResolvedImage
+) -> None:
+    """Refuse an image built for another platform than the one asked for (as containerd)."""
+    with store.open(config.digest) as f:
+        doc = json.loads(f.read())
+    have = normalize_platform(
+        Platform(
+            str(doc.get("os", "")), str(doc.get("architecture", "")), doc.get("variant") or None
+        )
+    )
+    want = normalize_platform(platform)
+    same = (have.os, have.architecture) == (want.os, want.architecture)
+    if not same and have not in compatible_platforms(platform):
+        raise PlatformNotFoundError(str(resolved.reference), want, [have], url=resolved.base_url)
 
 
 def _chosen_platform(indexes: Sequence[FetchedIndex], manifest: FetchedManifest) -> Platform | None:

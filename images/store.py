@@ -57,7 +57,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, BinaryIO
 
 from images.content import (
     ContentNotFoundError,
@@ -663,6 +663,11 @@ class Lease:
         """`content.writer` for a blob this lease holds (added first, as the contract says)."""
         self.add(digest)
         return self.store.content.writer(digest, size, **kw)
+
+    def open(self, digest: str) -> BinaryIO:
+        """Read a blob this lease holds (a pull checks a config before its layers)."""
+        self.add(digest)
+        return self.store.content.open(digest)
 
     def release(self, *, collect: bool | None = None) -> GCResult:
         """Drop the lease; with `collect`, delete what only it was holding."""

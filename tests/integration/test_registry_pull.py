@@ -1182,3 +1182,19 @@ def test_hashes_of_stored_blobs_match_their_names(
         data = store.path(info.digest).read_bytes()
         assert f"sha256:{hashlib.sha256(data).hexdigest()}" == info.digest
         assert len(data) == info.size
+
+
+def test_a_lone_manifest_for_another_platform_is_refused(registry, pushed_images, tmp_path):
+    """A plain (non-index) amd64 image pulled for linux/arm64: containerd's answer, an error,
+    and no layer fetched."""
+    from images.content import ContentStore
+    from images.layout import Platform
+    from images.pull import pull
+    from images.registry import PlatformNotFoundError
+
+    store = ContentStore(tmp_path / "content")
+    with pytest.raises(PlatformNotFoundError) as exc:
+        pull(f"{registry.host}/pinnace/busybox:latest", store, platform=Platform("linux", "arm64"))
+    assert "linux/arm64" in str(exc.value) and "linux/amd64" in str(exc.value)
+    assert len(list(store.walk())) == 1  # the config only: it had to be read to know
+    pull(f"{registry.host}/pinnace/busybox:latest", store)  # amd64, as the default
