@@ -11,11 +11,13 @@ The archive is untrusted. The rules, and what each hostile case gets:
   `/etc/passwd` in a layer *is* the image's /etc/passwd, as tar treats it);
   a `..` that climbs above the root is refused (UnsafeEntryError), since no
   well-formed layer has one.
+* A symlink whose relative target climbs above the root (`evil -> ../../..`
+  at the top) is refused, as docker's archive code does; absolute targets
+  are kept as they are (they mean the image's own root).
 * Every entry's parent directory is resolved inside the root by the kernel
   (openat2 RESOLVE_IN_ROOT via namespaces.rootpath.RootFS), so a symlink
-  planted by an earlier entry (`evil -> /tmp/x`, `evil -> ../../..`, a
-  chain of them) is followed as a chroot would: neutralised, it lands
-  inside the snapshot. The final component is never followed: an existing
+  planted by an earlier entry (`evil -> /tmp/x`, a chain of them) is
+  followed as a chroot would: neutralised, it lands inside the snapshot. The final component is never followed: an existing
   entry is replaced (unlinked, or removed recursively when a directory),
   except that a directory over a directory keeps its contents (OCI "changeset
   over existing files").
@@ -167,6 +169,27 @@ def _is_whiteout(st: os.stat_result) -> bool:
     return stat.S_ISCHR(st.st_mode) and st.st_rdev == 0
 
 
+def _refuse_escaping_symlink(entry: TarEntry, path: str) -> None:
+    """A relative symlink whose target climbs above the layer's root is refused, as
+    docker's archive code does: no sane image has one, and it only serves to aim a
+    later entry (or a later layer, or a process that does not resolve in-root) at
+    the host. Absolute targets are fine: they resolve inside the root like a chroot.
+    """
+    target = entry.linkname
+    if target.startswith("/"):
+        return
+    depth = path.count("/")  # directories between the root and the link itself
+    for part in target.split("/"):
+        if part == "..":
+            depth -= 1
+            if depth < 0:
+                raise UnsafeEntryError(
+                    entry.name, f"symlink target {target!r} points above the image's root"
+                )
+        elif part not in ("", "."):
+            depth += 1
+
+
 def _split(path: str) -> tuple[str, str]:
     parent, _, base = path.rpartition("/")
     return parent, base
@@ -242,6 +265,7 @@ class _Applier:
             finally:
                 os.close(fd)
         elif t is EntryType.SYMLINK:
+            _refuse_escaping_symlink(entry, path)
             self._make_room(pfd, base, is_dir=False)
             os.symlink(entry.linkname, base, dir_fd=pfd)
             if self.chown:

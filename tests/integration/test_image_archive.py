@@ -516,10 +516,9 @@ def test_hostile_image_is_rejected_and_leaves_nothing(
         assert not hostile.escape.exists(), "the traversal reached the host"
 
 
-def test_a_neutralised_symlink_write_stays_inside_the_layer(store, fixture_images, scratch_dir):
-    """Writing *through* an escaping symlink is not refused by the unpacker: it is
-    resolved as a chroot would, so the file lands inside the layer and the host's
-    directory is untouched (overlayfs/unpack.py's documented policy)."""
+def test_an_escaping_symlink_is_refused_and_leaves_nothing(store, fixture_images, scratch_dir):
+    """A relative symlink that climbs above the image's root is refused (docker's rule),
+    so nothing can be aimed at the host through it; the store is left as it was."""
     outside = scratch_dir / "outside"
     outside.mkdir()
     top = tar_bytes(
@@ -527,10 +526,13 @@ def test_a_neutralised_symlink_write_stays_inside_the_layer(store, fixture_image
         ("evil/owned", b"owned\n"),
     )
     layout, _ = hostile_image(scratch_dir / "hostile", fixture_images, top)
-    [img] = import_layout(store, layout)
+    before = state(store)
+    with pytest.raises(UnpackError) as exc:
+        import_layout(store, layout)
+    assert isinstance(exc.value.__cause__, UnsafeEntryError)
+    assert "points above the image's root" in str(exc.value)
     assert os.listdir(outside) == []
-    layer = Path(store.snapshotter.layer_path(img.top_chain_id))
-    assert (layer / str(outside).lstrip("/") / "owned").read_text() == "owned\n"
+    assert state(store) == before
 
 
 def _docker_archive(dest: Path, fixture_images, top: bytes, *, layer_name=None, extra=()):
