@@ -73,6 +73,7 @@ import pytest
 
 from images.builder import BUSYBOX, FixtureImages
 from runtime.state import DEFAULT_ROOT
+from tests.fixtures.oci import run_captured
 
 RUNTIME = Path(sys.executable).parent / "pinnace-oci"
 PODMAN_NPROC = 32768  # podman sets its own RLIMIT_NPROC to this at start-up
@@ -129,29 +130,15 @@ class Podman:
         }
 
     def __call__(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-        """Run podman. Output goes through files: a pipe could be held open by
-        conmon or a container, and the call would never see EOF."""
-        with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
-            proc = subprocess.run(
-                self.argv(*args),
-                env=self.env(),
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=err,
-                timeout=CALL_TIMEOUT,
-                check=False,
-            )
-            out.seek(0)
-            err.seek(0)
-            res = subprocess.CompletedProcess(
-                proc.args, proc.returncode, out.read().decode(), err.read().decode()
-            )
-        if check and res.returncode != 0:
-            raise AssertionError(
-                f"podman {' '.join(args)} exited {res.returncode}\n"
-                f"stdout: {res.stdout}\nstderr: {res.stderr}"
-            )
-        return res
+        """Run podman (output through files: conmon or a container may hold a pipe)."""
+        return run_captured(
+            self.argv(*args),
+            label=f"podman {' '.join(args)}",
+            check=check,
+            timeout=CALL_TIMEOUT,
+            env=self.env(),
+            stdin=subprocess.DEVNULL,
+        )
 
     def run(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
         """`podman run` with the per-container options (no network, our cgroup parent)."""
