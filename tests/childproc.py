@@ -1,7 +1,8 @@
-"""Run a test body in a forked child, for work that must not touch the test process.
+"""Run test bodies in forked children, for work that must not touch the test process
+(or that must race another process for real).
 
 Namespaces entered or mounts made in a private mount namespace die with the
-child. The return value (or the exception's traceback) comes back over a pipe.
+child. Each child's return value (or its traceback) comes back over a pipe.
 """
 
 import os
@@ -13,29 +14,69 @@ class ChildFailed(AssertionError):
     pass
 
 
+def _child_main(fn, args, w, go=None):
+    """In the child: wait for the go byte if gated, run fn, send the outcome, exit."""
+    try:
+        if go is not None:
+            os.read(go, 1)
+        payload = ("ok", fn(*args))
+    except BaseException:
+        payload = ("err", traceback.format_exc())
+    try:
+        os.write(w, pickle.dumps(payload))
+    finally:
+        os._exit(0)
+
+
+def _collect(pid, r):
+    with os.fdopen(r, "rb") as f:
+        data = f.read()
+    _, status = os.waitpid(pid, 0)
+    if not data:
+        raise ChildFailed(f"child {pid} died without an answer (wait status {status})")
+    kind, value = pickle.loads(data)
+    if kind == "err":
+        raise ChildFailed(value)
+    return value
+
+
 def in_child(fn, *args, timeout=60):
     r, w = os.pipe()
     pid = os.fork()
     if pid == 0:
         os.close(r)
-        try:
-            payload = ("ok", fn(*args))
-        except BaseException:
-            payload = ("err", traceback.format_exc())
-        try:
-            os.write(w, pickle.dumps(payload))
-        finally:
-            os._exit(0)
+        _child_main(fn, args, w)
     os.close(w)
-    with os.fdopen(r, "rb") as f:
-        data = f.read()
-    _, status = os.waitpid(pid, 0)
-    if not data:
-        raise ChildFailed(f"child died without an answer (wait status {status})")
-    kind, value = pickle.loads(data)
-    if kind == "err":
-        raise ChildFailed(value)
-    return value
+    return _collect(pid, r)
+
+
+def run_children(*fns):
+    """Run each fn in its own forked child, all released at once; their results in order.
+
+    Every child is collected before any failure is raised, so none is left running.
+    """
+    go_r, go_w = os.pipe()
+    children = []
+    for fn in fns:
+        r, w = os.pipe()
+        pid = os.fork()
+        if pid == 0:
+            os.close(r)
+            os.close(go_w)
+            _child_main(fn, (), w, go_r)
+        os.close(w)
+        children.append((pid, r))
+    os.close(go_r)
+    os.write(go_w, b"x" * len(fns))
+    os.close(go_w)
+    results, errors = [], []
+    for pid, r in children:
+        try:
+            results.append(_collect(pid, r))
+        except ChildFailed as exc:
+            errors.append(str(exc))
+    assert not errors, "\n".join(errors)
+    return results
 
 
 def _private_mount_namespace_then(fn, *args):

@@ -20,12 +20,10 @@ import io
 import json
 import multiprocessing
 import os
-import pickle
 import shutil
 import subprocess
 import tarfile
 import tempfile
-import traceback
 import uuid
 from pathlib import Path
 
@@ -71,6 +69,7 @@ from images.store import (
     UnpackError,
 )
 from overlayfs.errors import LayerError, UnsafeEntryError
+from tests.childproc import run_children
 
 pytestmark = pytest.mark.usefixtures("require_root")
 
@@ -299,41 +298,6 @@ def test_docker_save_layouts_old_and_new(store, fixture_images, scratch_dir, new
 # -- two importers at once -------------------------------------------------------------
 
 
-def _run_children(*fns):
-    go_r, go_w = os.pipe()
-    kids = []
-    for fn in fns:
-        r, w = os.pipe()
-        pid = os.fork()
-        if pid == 0:
-            try:
-                os.close(r)
-                os.close(go_w)
-                os.read(go_r, 1)
-                payload = ("ok", fn())
-            except BaseException:
-                payload = ("err", traceback.format_exc())
-            try:
-                os.write(w, pickle.dumps(payload))
-            finally:
-                os._exit(0)
-        os.close(w)
-        kids.append((pid, r))
-    os.close(go_r)
-    os.write(go_w, b"x" * len(fns))
-    os.close(go_w)
-    out = []
-    for pid, r in kids:
-        with os.fdopen(r, "rb") as f:
-            data = f.read()
-        os.waitpid(pid, 0)
-        assert data, f"child {pid} died without an answer"
-        kind, value = pickle.loads(data)
-        assert kind == "ok", value
-        out.append(value)
-    return out
-
-
 def test_two_processes_importing_the_same_archive_at_once(store, fixture_images, scratch_dir):
     """Both ingest and apply every layer before either commits one (a barrier at each
     layer); both imports succeed, each layer is committed once, nothing is left over."""
@@ -359,7 +323,7 @@ def test_two_processes_importing_the_same_archive_at_once(store, fixture_images,
             [img] = import_archive(s, archive)
             return img.top_chain_id, len(lost)
 
-    (top1, lost1), (top2, lost2) = _run_children(do_import, do_import)
+    (top1, lost1), (top2, lost2) = run_children(do_import, do_import)
     assert top1 == top2 == store.get(LAYERED).top_chain_id
     assert lost1 + lost2 == 2
     with ImageStore(root) as s:

@@ -16,7 +16,6 @@ import dataclasses
 import hashlib
 import multiprocessing
 import os
-import pickle
 import signal
 import stat
 import subprocess
@@ -44,7 +43,7 @@ from images.store import (
 )
 from overlayfs.mounts import mount_all, unmount_all
 from overlayfs.snapshotter import Kind
-from tests.childproc import in_private_mntns
+from tests.childproc import in_private_mntns, run_children
 
 pytestmark = pytest.mark.usefixtures("require_root", "host_mounts_unchanged")
 
@@ -81,51 +80,6 @@ def import_fixture(store, fixture_images, *refs, unpack=False):
 def _hook_checkpoints(hook):
     images.store._checkpoint = hook
     images.content._checkpoint = hook
-
-
-def _child_main(fn, w, go=None):
-    try:
-        if go is not None:
-            os.read(go, 1)
-        payload = ("ok", fn())
-    except BaseException:
-        payload = ("err", traceback.format_exc())
-    try:
-        os.write(w, pickle.dumps(payload))
-    finally:
-        os._exit(0)
-
-
-def run_children(*fns, timeout=120):
-    """Run each fn in its own forked child, released together; their results in order."""
-    go_r, go_w = os.pipe()
-    children = []
-    for fn in fns:
-        r, w = os.pipe()
-        pid = os.fork()
-        if pid == 0:
-            os.close(r)
-            os.close(go_w)
-            _child_main(fn, w, go_r)
-        os.close(w)
-        children.append((pid, r))
-    os.close(go_r)
-    os.write(go_w, b"x" * len(fns))
-    os.close(go_w)
-    results, errors = [], []
-    for pid, r in children:
-        with os.fdopen(r, "rb") as f:
-            data = f.read()
-        _, status = os.waitpid(pid, 0)
-        if not data:
-            errors.append(f"child {pid} died without an answer (wait status {status})")
-            continue
-        kind, value = pickle.loads(data)
-        if kind == "err":
-            errors.append(value)
-        results.append(value)
-    assert not errors, "\n".join(errors)
-    return results
 
 
 def barrier_at(point, barrier, counts=None):
