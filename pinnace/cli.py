@@ -258,3 +258,22 @@ def _demo(busybox: Path) -> int:
         return runmod.run(store, img, opts, runmod.Paths(s.run_dir, s.runtime_root))
     finally:
         store.close()
+
+
+@main.command()
+@click.option(
+    "--config",
+    "config_path",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="YAML settings (socket, state_dir, run_dir, runtime_root, image_root, ...).",
+)
+def cri(config_path: str | None) -> None:
+    """Serve the Kubernetes CRI v1 API (RuntimeService, ImageService) on a unix socket.
+
+    Default socket: unix:///run/pinnace/pinnace.sock. Containers keep running
+    when the server stops or is killed; a restarted server recovers them.
+    """
+    from cri.server import main as serve_main
+
+    sys.exit(serve_main(config_path))

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ctypes.util
 import errno
+import gc
 import json
 import os
 import platform
@@ -94,6 +95,7 @@ def _in_child(probe: Callable[[], str]) -> tuple[bool, str]:
     rfd, wfd = os.pipe()
     pid = os.fork()
     if pid == 0:  # child: never returns
+        gc.disable()  # a forked child runs no finalizers of its parent's objects (gRPC's hang)
         os.close(rfd)
         try:
             outcome = {"ok": True, "detail": probe()}

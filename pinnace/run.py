@@ -21,9 +21,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from images.store import Image, ImageNotFoundError, ImageStore
-from namespaces.rootpath import RootFS
 from overlayfs.errors import SnapshotNotFoundError
 from overlayfs.mounts import mount_all, unmount_all
+from runtime import passwd
 
 if TYPE_CHECKING:
     from runtime.state import RuntimeRoot
@@ -96,49 +96,12 @@ def merge_env(image_env: Sequence[str], overrides: Sequence[str]) -> list[str]:
     return [f"{k}={v}" for k, v in env.items()]
 
 
-def _read_db(rootfs: str, path: str) -> list[list[str]]:
-    """Rows of /etc/passwd or /etc/group, read inside the root (symlinks cannot escape)."""
-    try:
-        root = RootFS(rootfs)
-        try:
-            fd = root.open(path, os.O_RDONLY)
-        finally:
-            os.close(root.fd)
-    except OSError:
-        return []
-    with os.fdopen(fd, "r", errors="replace") as f:
-        return [line.rstrip("\n").split(":") for line in f if line.strip()]
-
-
 def resolve_user(spec: str, rootfs: str) -> dict[str, int]:
     """`uid`, `uid:gid`, `name`, `name:group` -> the OCI user, names from the rootfs."""
-    user, _, group = spec.partition(":")
-    passwd = _read_db(rootfs, "/etc/passwd")
-    gid: int | None = None
-    if user.isdigit():
-        uid = int(user)
-        for row in passwd:
-            if len(row) > 3 and row[2] == user and row[3].isdigit():
-                gid = int(row[3])
-                break
-    else:
-        for row in passwd:
-            if len(row) > 3 and row[0] == user and row[2].isdigit() and row[3].isdigit():
-                uid, gid = int(row[2]), int(row[3])
-                break
-        else:
-            raise RunError(f"user {user!r} not found in the image's /etc/passwd")
-    if group:
-        if group.isdigit():
-            gid = int(group)
-        else:
-            for row in _read_db(rootfs, "/etc/group"):
-                if len(row) > 2 and row[0] == group and row[2].isdigit():
-                    gid = int(row[2])
-                    break
-            else:
-                raise RunError(f"group {group!r} not found in the image's /etc/group")
-    return {"uid": uid, "gid": gid if gid is not None else 0}
+    try:
+        return passwd.resolve_user(spec, rootfs)
+    except passwd.UserLookupError as exc:
+        raise RunError(str(exc)) from None
 
 
 def volume_mount(spec: str) -> dict[str, Any]:

@@ -8,6 +8,7 @@ the state directory, so a failed create leaves nothing behind.
 from __future__ import annotations
 
 import contextlib
+import gc
 import os
 import signal
 import time
@@ -104,19 +105,14 @@ def prepare(cid: str, opts: CreateOptions) -> Prepared:
     return Prepared(config, rootfs_path, nss, uid_maps, gid_maps, plan, resources, rules, cgroup)
 
 
-def device_policy(rules: list[Any], config: dict[str, Any]) -> list[Any]:
-    """Deny all, then the spec's rules, the devices it creates, and the defaults every
-    container needs (/dev/null, zero, full, random, urandom, tty, ptmx, pts)."""
-    from cgroups.devices import DEFAULT_ALLOWED, DENY_ALL, DeviceRule
+def device_policy(rules: list[Any]) -> list[Any]:
+    """Deny all, then the spec's rules, then the defaults every container needs (/dev/null,
+    zero, full, random, urandom, tty, ptmx, pts). As with runc, a device that
+    linux.devices creates is not allowed by that alone: linux.resources.devices must
+    allow it (engines add both), so a device asked for read-only stays read-only."""
+    from cgroups.devices import DEFAULT_ALLOWED, DENY_ALL
 
-    made = []
-    for d in (config.get("linux") or {}).get("devices") or []:
-        kind = d.get("type", "c")
-        if kind in ("c", "b", "u"):
-            made.append(
-                DeviceRule(True, "b" if kind == "b" else "c", d["major"], d["minor"], "rwm")
-            )
-    return [DENY_ALL, *rules, *made, *DEFAULT_ALLOWED]
+    return [DENY_ALL, *rules, *DEFAULT_ALLOWED]
 
 
 def create(root: RuntimeRoot, cid: str, opts: CreateOptions) -> ContainerState:
@@ -159,7 +155,7 @@ def create(root: RuntimeRoot, cid: str, opts: CreateOptions) -> ContainerState:
         manager.apply(p.resources)  # limits in place before any process joins
         from cgroups.devices import apply_device_rules
 
-        apply_device_rules(sc.libc(), manager.path, device_policy(p.device_rules, p.config))
+        apply_device_rules(sc.libc(), manager.path, device_policy(p.device_rules))
         ctx = InitContext(
             config=p.config,
             bundle=opts.bundle,
@@ -179,6 +175,7 @@ def create(root: RuntimeRoot, cid: str, opts: CreateOptions) -> ContainerState:
         forked = manager.fork_into()  # the child born in the cgroup; None: fork + add_process
         child = os.fork() if forked is None else forked
         if child == 0:
+            gc.disable()  # a forked child runs no finalizers of its parent's objects (gRPC's hang)
             ours.close()
             bootstrap(theirs, ctx, s)  # never returns
         theirs.close()

@@ -11,6 +11,7 @@ Like the init, both are non-dumpable until the execve.
 from __future__ import annotations
 
 import contextlib
+import gc
 import json
 import os
 import signal
@@ -118,6 +119,7 @@ def exec_in(root: RuntimeRoot, cid: str, opts: ExecOptions) -> int:
     forked = manager.fork_into()  # the joiner born in the cgroup; None: fork + add_process
     child = os.fork() if forked is None else forked
     if child == 0:
+        gc.disable()  # a forked child runs no finalizers of its parent's objects (gRPC's hang)
         ours.close()
         pty = None
         if console_fd is not None:

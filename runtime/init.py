@@ -100,10 +100,18 @@ def bootstrap(ch: Channel, ctx: InitContext, sys: sc.Syscalls) -> NoReturn:
             sys.unshare(flags)
         if "time" in new:
             _write_time_offsets(ctx.config)
+        # The init must not speak on the channel before our "init" is sent: under load
+        # the child can run first, and the runtime reads the messages in order.
+        said_r, said_w = os.pipe2(os.O_CLOEXEC)
         pid = os.fork()
         if pid == 0:
+            os.close(said_w)
+            os.read(said_r, 1)  # EOF once the bootstrap has spoken (or died)
+            os.close(said_r)
             init(ch, ctx, sys)
+        os.close(said_r)
         ch.send("init", pid=pid)
+        os.close(said_w)
         os._exit(0)
     except BaseException as exc:
         _fail(ch, exc)

@@ -720,6 +720,17 @@ def _is_executable(root: rootpath.RootFS, path: str, shown: str) -> str | None:
     return None
 
 
+def _default_signal_dispositions() -> None:
+    """Python starts with SIGPIPE and SIGXFSZ ignored, and an ignored signal stays
+    ignored across execve: undo that, so `yes | head` in a container ends as it would
+    under runc (whose Go init leaves every signal at its default)."""
+    import signal
+
+    for sig in (signal.SIGPIPE, signal.SIGXFSZ):
+        signal.signal(sig, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_SETMASK, set())
+
+
 def lookup_executable(name: str, path_env: str | None, *, root: str = "/", cwd: str = "/") -> str:
     """Find args[0] the way runc does (Go's exec.LookPath), inside `root`.
 
@@ -832,6 +843,7 @@ def exec_process(
     try:
         env = exec_environment(plan)
         path = lookup_executable(plan.args[0], env.get("PATH"), cwd=plan.cwd)
+        _default_signal_dispositions()  # before seccomp, which might deny rt_sigaction
         close_fds(preserve_fds, sys=sys, keep_fds=keep_fds)
         if plan.seccomp is not None and plan.no_new_privileges:
             from runtime import seccomp  # imported by plan_process already

@@ -69,9 +69,6 @@ def merge_flags(resources: dict[str, Any], flags: dict[str, str | None]) -> dict
 def update(
     root: RuntimeRoot, cid: str, *, resources_file: str | None, flags: dict[str, str | None]
 ) -> None:
-    from cgroups.errors import ResourceError
-    from cgroups.manager import CgroupV2Manager
-    from cgroups.resources import Resources
     from runtime.errors import InvalidState
 
     cdir = root.get(cid)
@@ -90,11 +87,31 @@ def update(
                 current = json.loads(text)
             except ValueError as exc:
                 raise SpecError("-r", f"not valid JSON: {exc}") from None
-        current = merge_flags(current, flags)
-        try:
-            res = Resources.from_oci(current)
-        except ResourceError as exc:
-            raise SpecError("linux.resources", str(exc)) from None
-        CgroupV2Manager(state.cgroup).apply(res)
-        state.resources = current
-        cdir.save(state)
+        _apply(cdir, state, merge_flags(current, flags))
+
+
+def update_resources(root: RuntimeRoot, cid: str, resources: dict[str, Any]) -> None:
+    """Apply `resources` (linux.resources of the spec) live and record them: the library
+    call behind `update -r`, for callers that hold the resources already (the CRI server)."""
+    from runtime.errors import InvalidState
+
+    cdir = root.get(cid)
+    with cdir.lock():
+        state = cdir.load()
+        if cdir.status(state) == STOPPED:
+            raise InvalidState("container not running", container=cid)
+        _apply(cdir, state, resources)
+
+
+def _apply(cdir: Any, state: Any, resources: dict[str, Any]) -> None:
+    from cgroups.errors import ResourceError
+    from cgroups.manager import CgroupV2Manager
+    from cgroups.resources import Resources
+
+    try:
+        res = Resources.from_oci(resources)
+    except ResourceError as exc:
+        raise SpecError("linux.resources", str(exc)) from None
+    CgroupV2Manager(state.cgroup).apply(res)
+    state.resources = resources
+    cdir.save(state)

@@ -5,6 +5,7 @@ Namespaces entered or mounts made in a private mount namespace die with the
 child. Each child's return value (or its traceback) comes back over a pipe.
 """
 
+import gc
 import os
 import pickle
 import traceback
@@ -44,6 +45,7 @@ def in_child(fn, *args, timeout=60):
     r, w = os.pipe()
     pid = os.fork()
     if pid == 0:
+        gc.disable()  # a forked child runs no finalizers of its parent's objects (gRPC's hang)
         os.close(r)
         _child_main(fn, args, w)
     os.close(w)
@@ -61,6 +63,7 @@ def run_children(*fns):
         r, w = os.pipe()
         pid = os.fork()
         if pid == 0:
+            gc.disable()  # a forked child runs no finalizers of its parent's objects (gRPC's hang)
             os.close(r)
             os.close(go_w)
             _child_main(fn, (), w, go_r)

@@ -10,6 +10,7 @@ import pytest
 pytest_plugins = [
     "tests.fixtures.images",
     "tests.fixtures.bundles",
+    "tests.fixtures.cri",
     "tests.fixtures.oci",
     "tests.fixtures.pinnace_cli",
     "tests.fixtures.processes",

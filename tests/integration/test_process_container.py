@@ -150,6 +150,13 @@ def test_user_groups_umask_rlimits_and_home(make_bundle):
     assert cwd == "/tmp"
 
 
+def test_no_signal_is_ignored_or_blocked_in_the_container(make_bundle):
+    # the runtime is Python, which ignores SIGPIPE and SIGXFSZ: none of that may leak
+    r = run_container(make_bundle(["true"]), ["grep", "-E", "^Sig(Ign|Blk)", "/proc/self/status"])
+    assert r.status == 0, r.err
+    assert r.out.split() == ["SigBlk:", "0000000000000000", "SigIgn:", "0000000000000000"]
+
+
 def test_root_keeps_no_supplementary_groups_of_the_runtime(make_bundle):
     r = run_container(make_bundle(["true"]), ["id", "-G"])
     assert r.status == 0, r.err

@@ -108,6 +108,32 @@ def test_device_policy_denies_what_is_not_allowed(oci, make_bundle):
     assert out[2:] == ["0", "1"], res
 
 
+def test_a_created_device_needs_a_rule_to_be_used(oci, make_bundle):
+    """linux.devices makes the node; only linux.resources.devices grants access (runc)."""
+
+    def edit(cfg):
+        cfg["linux"]["devices"] = [
+            {"path": "/dev/lo0", "type": "b", "major": 7, "minor": 0, "fileMode": 0o666},
+            {"path": "/dev/lo1", "type": "b", "major": 7, "minor": 1, "fileMode": 0o666},
+        ]
+        cfg["linux"]["resources"] = {
+            "devices": [{"allow": True, "type": "b", "major": 7, "minor": 0, "access": "r"}]
+        }
+
+    def denied(test: str, name: str) -> str:
+        return f"{{ {test}; }} 2>/tmp/{name}; grep -c 'not permitted' /tmp/{name}; "
+
+    script = (
+        denied("head -c1 /dev/lo1 >/dev/null", "r1")  # made, no rule: denied
+        + denied("head -c1 /dev/lo0 >/dev/null", "r0")  # "r" allowed (may fail: no loop bound)
+        + denied("echo x >/dev/lo0", "w0")  # but not "w"
+    )
+    res = oci(
+        "run", "--bundle", str(make_bundle(["sh", "-c", script], edit=edit)), "dev2", check=False
+    )
+    assert res.stdout.split() == ["1", "0", "1"], res
+
+
 def test_events_stats_reads_the_cgroup(oci, make_bundle):
     oci("run", "--detach", "--bundle", str(make_bundle(["sh", "-c", "while :; do :; done"])), "ev1")
     event = json.loads(oci("events", "--stats", "ev1").stdout)

@@ -1,0 +1,76 @@
+"""Settings of `pinnace cri`: built-in defaults, overridden by a YAML file (`--config`)."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass
+from typing import Any
+
+from cri.errors import InvalidArgument
+
+DEFAULT_SOCKET = "/run/pinnace/pinnace.sock"
+
+
+@dataclass
+class CRIConfig:
+    socket: str = DEFAULT_SOCKET
+    state_dir: str = "/var/lib/pinnace/cri"  # durable records of sandboxes and containers
+    run_dir: str = "/run/pinnace/cri"  # pins, pod files, bundles, monitor sockets
+    runtime_root: str = "/run/pinnace/runtime"  # runtime/'s state (pinnace-oci --root)
+    image_root: str = "/var/lib/pinnace"  # images/'s content and snapshot store
+    registry_config_dir: str = (
+        "/etc/pinnace"  # registries.yaml (mirrors, credentials), as `pinnace image`
+    )
+    cgroup_parent: str = "/pinnace/pods"  # pods without linux.cgroup_parent go below it
+    seccomp_root: str = "/var/lib/kubelet/seccomp"  # where Localhost profiles may live
+    stream_address: str = "127.0.0.1"  # the streaming server (exec/attach/port-forward)
+    stream_port: int = 0
+    exec_output_limit: int = 16 << 20  # ExecSync bytes kept per stream, as CRI-O
+    log_level: str = "info"
+
+    @property
+    def socket_path(self) -> str:
+        return self.socket.removeprefix("unix://")
+
+    @classmethod
+    def from_mapping(cls, raw: dict[str, Any], *, source: str = "config") -> CRIConfig:
+        """Keys as the field names (dashes allowed); unknown keys and wrong types are errors."""
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        values: dict[str, Any] = {}
+        for key, value in raw.items():
+            name = str(key).replace("-", "_")
+            if name not in fields:
+                raise InvalidArgument(
+                    f"unknown setting {key!r} (known: {', '.join(sorted(fields))})", subject=source
+                )
+            want = type(getattr(cls(), name))
+            if not isinstance(value, want) or isinstance(value, bool) is not (want is bool):
+                raise InvalidArgument(
+                    f"{key} must be of type {want.__name__}, not {value!r}", subject=source
+                )
+            values[name] = value
+        cfg = cls(**values)
+        for name in ("state_dir", "run_dir", "runtime_root", "image_root"):
+            if not os.path.isabs(getattr(cfg, name)):
+                raise InvalidArgument(f"{name} must be an absolute path", subject=source)
+        if not cfg.cgroup_parent.startswith("/"):
+            cfg.cgroup_parent = "/" + cfg.cgroup_parent
+        return cfg
+
+    @classmethod
+    def load(cls, path: str | None) -> CRIConfig:
+        if path is None:
+            return cls()
+        import yaml
+
+        try:
+            with open(path) as f:
+                raw = yaml.safe_load(f) or {}
+        except OSError as exc:
+            raise InvalidArgument(f"cannot read: {exc.strerror}", subject=path) from None
+        except yaml.YAMLError as exc:
+            raise InvalidArgument(f"not valid YAML: {exc}", subject=path) from None
+        if not isinstance(raw, dict):
+            raise InvalidArgument("must be a mapping of settings", subject=path)
+        return cls.from_mapping(raw, source=path)
