@@ -12,6 +12,7 @@ from __future__ import annotations
 import enum
 import errno
 import fcntl
+import gc
 import os
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -197,6 +198,7 @@ def create_pinned(
     done_r, done_w = os.pipe()
     pid = os.fork()
     if pid == 0:  # child
+        gc.disable()  # a forked child runs no finalizers of its parent's objects (gRPC's hang)
         status = 0
         try:
             os.close(ready_r)

@@ -8,6 +8,7 @@ applies) turns that into an error that says which range is wrong.
 from __future__ import annotations
 
 import errno
+import gc
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -144,6 +145,7 @@ def new_userns_fd(
     done_r, done_w = os.pipe()
     pid = os.fork()
     if pid == 0:
+        gc.disable()  # a forked child runs no finalizers of its parent's objects (gRPC's hang)
         try:
             os.close(go_r)
             os.close(done_w)
