@@ -547,6 +547,7 @@ class ContainerManager:
     # -- UpdateContainerResources, ExecSync, ReopenContainerLog ---------------------
 
     def update_resources(self, id_or_prefix: str, linux: api_pb2.LinuxContainerResources) -> None:
+        from cgroups.errors import CgroupError, ControllerUnavailable, FeatureUnavailable
         from cri.container_spec import resources_to_oci
         from runtime.errors import RuntimeFailure, SpecError
         from runtime.state import RuntimeRoot
@@ -565,8 +566,11 @@ class ContainerManager:
                 update_resources(RuntimeRoot(self.deps.runtime_root), cid, new)
             except SpecError as exc:
                 raise InvalidArgument(str(exc), subject=cid) from None
-            except RuntimeFailure as exc:
+            except (RuntimeFailure, ControllerUnavailable, FeatureUnavailable) as exc:
+                # e.g. a memory limit where the unified hierarchy has no memory controller
                 raise FailedPrecondition(str(exc), subject=cid) from None
+            except CgroupError as exc:
+                raise Internal(f"cannot apply the resources: {exc}", subject=cid) from None
             rec.resources = new
             self._save(rec)
 

@@ -5,13 +5,17 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 from typing import Any
 
 
 def write_json_atomic(path: str, obj: Any, *, sync: bool = True) -> None:
     """Replace `path` with `obj` as JSON; the directory entry changes in one rename."""
     d = os.path.dirname(path) or "."
-    tmp = os.path.join(d, f".{os.path.basename(path)}.{os.getpid()}.tmp")
+    # unique per process and thread: two server threads may write one record at once
+    tmp = os.path.join(
+        d, f".{os.path.basename(path)}.{os.getpid()}.{threading.get_native_id()}.tmp"
+    )
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
     try:
         with os.fdopen(fd, "w") as f:

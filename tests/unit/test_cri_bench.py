@@ -1,10 +1,22 @@
 """The percentile helper of bench/cri_bench.py (the bench itself needs root and minutes)."""
 
+import importlib.util
 import math
+import sys
+from pathlib import Path
 
 import pytest
 
-from bench.cri_bench import percentile, summary
+# bench/ is a directory of scripts, not a package: load the file itself
+_spec = importlib.util.spec_from_file_location(
+    "pinnace_cri_bench", Path(__file__).resolve().parents[2] / "bench" / "cri_bench.py"
+)
+assert _spec is not None and _spec.loader is not None
+_bench = importlib.util.module_from_spec(_spec)
+sys.modules[_spec.name] = _bench  # dataclasses look their module up while it loads
+_spec.loader.exec_module(_bench)
+percentile = _bench.percentile
+summary = _bench.summary
 
 
 def test_percentile_interpolates_between_closest_ranks() -> None:
