@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from cri.errors import InvalidArgument
@@ -28,6 +28,14 @@ class CRIConfig:
     stream_port: int = 0
     exec_output_limit: int = 16 << 20  # ExecSync bytes kept per stream, as CRI-O
     log_level: str = "info"
+    # pod networking: "bridge" (built in), "cni" (plugins from cni_bin_dirs) or "none"
+    network: str = "bridge"
+    pod_cidr: str = "10.85.0.0/16"
+    bridge: str = "pinnace0"
+    nft_table: str = "pinnace"
+    node_netns: str = ""  # where the node side (bridge, rules) lives; "" = this host's
+    cni_conf_dir: str = "/etc/cni/net.d"
+    cni_bin_dirs: list[str] = field(default_factory=lambda: ["/opt/cni/bin", "/usr/lib/cni"])
 
     @property
     def socket_path(self) -> str:
@@ -54,6 +62,10 @@ class CRIConfig:
         for name in ("state_dir", "run_dir", "runtime_root", "image_root"):
             if not os.path.isabs(getattr(cfg, name)):
                 raise InvalidArgument(f"{name} must be an absolute path", subject=source)
+        if cfg.network not in ("bridge", "cni", "none"):
+            raise InvalidArgument(
+                f"network must be bridge, cni or none, not {cfg.network!r}", subject=source
+            )
         if not cfg.cgroup_parent.startswith("/"):
             cfg.cgroup_parent = "/" + cfg.cgroup_parent
         return cfg

@@ -74,11 +74,12 @@ class RuntimeService(api_pb2_grpc.RuntimeServiceServicer):
     async def Status(self, request: Any, context: Any) -> api_pb2.StatusResponse:
         resp = api_pb2.StatusResponse()
         resp.status.conditions.add(type="RuntimeReady", status=True)
+        ready, why = await blocking(self.sandboxes.network.status)
         resp.status.conditions.add(
             type="NetworkReady",
-            status=False,
-            reason="NetworkPluginNotReady",
-            message="no pod network is configured: sandboxes get loopback only (issue 7)",
+            status=ready,
+            reason="" if ready else "NetworkPluginNotReady",
+            message=why,
         )
         for name in HANDLERS:
             h = resp.runtime_handlers.add(name=name)

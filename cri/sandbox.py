@@ -47,6 +47,13 @@ from cri.errors import (
     InvalidArgument,
     NotFound,
 )
+from cri.network.driver import (
+    NetworkDriver,
+    NetworkError,
+    NoNetwork,
+    PodNetworkRequest,
+    PortMapping,
+)
 from cri.podcontext import PodContext
 from cri.podns import PodNamespaceError, PodNamespaces
 from cri.podns import setup as setup_pod_namespaces
@@ -100,6 +107,8 @@ class SandboxRecord:
     hostname: str = ""
     cgroup_parent: str = ""
     dir: str = ""  # the run dir: pins, hosts, resolv.conf, hostname
+    ips: list[str] = field(default_factory=list)  # the pod's addresses, primary first
+    network: str = ""  # the driver that set the pod's network up ("" = none needed)
 
     @property
     def full_name(self) -> str:
@@ -326,6 +335,7 @@ class SandboxManager:
         default_cgroup_parent: str = "/pinnace/pods",
         pod_init: PodInit | None = None,
         pod_namespaces: Callable[[PodNamespaces], dict[str, str]] = setup_pod_namespaces,
+        network: NetworkDriver | None = None,
     ) -> None:
         self.records_dir = Path(state_dir) / "sandboxes"
         self.sandboxes_dir = Path(run_dir) / "sandboxes"
@@ -333,6 +343,7 @@ class SandboxManager:
         self._pod_init = pod_init
         # forks: the server passes its zygote's, so its own threads never fork
         self._pod_namespaces = pod_namespaces
+        self.network: NetworkDriver = network if network is not None else NoNetwork()
         self._lock = threading.Lock()  # names, the records dict, record writes
         self._records: dict[str, SandboxRecord] = {}
         self._names: dict[str, str] = {}  # full name -> id (reserved from "creating" on)
@@ -435,6 +446,24 @@ class SandboxManager:
             rec.netns = pins.get("net", "")
             rec.ipcns = pins.get("ipc", "")
             rec.utsns = pins.get("uts", "")
+        if plan.network == "POD":
+            rec.network = self.network.name
+            with self._lock:  # on record before anything is made: a crash here is undone
+                self._write(rec)
+            try:
+                net = self.network.setup(_network_request(rec))
+            except NetworkError as exc:
+                cls = InvalidArgument if exc.invalid else Internal
+                raise cls(f"pod network: {exc}", subject=rec.id) from exc
+            rec.ips = list(net.ips)
+            if rec.ips:
+                files = podfiles.pod_files(
+                    rec.config_proto(),
+                    node_hostname=os.uname().nodename,
+                    host_hosts=_read_text(self.host_hosts),
+                    host_resolv=_read_text(self.host_resolv),
+                    pod_ips=tuple(rec.ips),
+                )
         for path, text in (
             (rec.hosts_path, files.hosts),
             (rec.resolv_path, files.resolv_conf),
@@ -482,6 +511,7 @@ class SandboxManager:
                     rec.state = NOTREADY
                     self._write(rec)
             self._kill_pod_init(rec)
+            self._teardown_network(rec)
 
     def remove(self, sandbox_id: str) -> None:
         """Unpin, delete files, the empty cgroup parent and the record. Unknown ids: no error."""
@@ -519,6 +549,7 @@ class SandboxManager:
         its pinned namespaces is then killed too; they are new and only the pod's.
         """
         self._kill_pod_init(rec)
+        self._teardown_network(rec)
         d = Path(rec.dir)
         if rec.state == CREATING:
             _kill_namespace_members(rec.id, d)
@@ -528,6 +559,21 @@ class SandboxManager:
                     unpin(entry)
         with contextlib.suppress(FileNotFoundError):
             shutil.rmtree(d)
+
+    def _teardown_network(self, rec: SandboxRecord) -> None:
+        """Release the pod's network (IP, interfaces, port mappings); StopPodSandbox does it,
+        as kubelet expects the IP back then, and remove repeats it (idempotent)."""
+        if not rec.network:
+            return
+        try:
+            self.network.teardown(_network_request(rec))
+        except NetworkError as exc:
+            raise Internal(f"pod network teardown: {exc}", subject=rec.id) from exc
+        if rec.ips:
+            with self._lock:
+                rec.ips = []
+                if rec.id in self._records:
+                    self._write(rec)
 
     def _kill_pod_init(self, rec: SandboxRecord) -> None:
         pid, start = rec.pod_init_pid, rec.pod_init_start
@@ -583,7 +629,10 @@ class SandboxManager:
             metadata=_metadata(rec),
             state=_proto_state(rec),
             created_at=rec.created_at,
-            network=api_pb2.PodSandboxNetworkStatus(ip=""),  # loopback only, for now
+            network=api_pb2.PodSandboxNetworkStatus(
+                ip=rec.ips[0] if rec.ips else "",
+                additional_ips=[api_pb2.PodIP(ip=ip) for ip in rec.ips[1:]],
+            ),
             labels=rec.labels,
             annotations=rec.annotations,
             runtime_handler=rec.runtime_handler,
@@ -687,6 +736,17 @@ class SandboxManager:
                     done.append(f"removed run directory {d.name} that had no record")
                 except OSError as exc:
                     done.append(f"cannot remove run directory {d.name}: {exc}")
+        # addresses, interfaces and rules of pods that are gone or not ready go back
+        with self._lock:
+            live = {
+                r.id: _network_request(r)
+                for r in self._records.values()
+                if r.state == READY and r.network
+            }
+        try:
+            done += [f"network: {line}" for line in self.network.reconcile(live)]
+        except NetworkError as exc:
+            done.append(f"network reconcile failed: {exc}")
         return done
 
     def _lost(self, rec: SandboxRecord) -> str:
@@ -799,3 +859,32 @@ def _write_file(path: str, text: str) -> None:
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
     with os.fdopen(fd, "w") as f:
         f.write(text)
+
+
+_PROTOCOLS = {api_pb2.TCP: "tcp", api_pb2.UDP: "udp", api_pb2.SCTP: "sctp"}
+
+
+def _network_request(rec: SandboxRecord) -> PodNetworkRequest:
+    """What a network driver is told of a pod, from its record (so teardown after a restart
+    asks for exactly what setup was given)."""
+    cfg = rec.config_proto()
+    return PodNetworkRequest(
+        sandbox_id=rec.id,
+        netns=rec.netns,
+        pod_name=rec.name,
+        pod_namespace=rec.namespace,
+        pod_uid=rec.uid,
+        port_mappings=tuple(
+            PortMapping(
+                protocol=_PROTOCOLS.get(p.protocol, "tcp"),
+                container_port=p.container_port,
+                host_port=p.host_port,
+                host_ip=p.host_ip,
+            )
+            for p in cfg.port_mappings
+            if p.host_port > 0  # kubelet passes container-only ports too: nothing to map
+        ),
+        dns_servers=tuple(cfg.dns_config.servers),
+        dns_searches=tuple(cfg.dns_config.searches),
+        dns_options=tuple(cfg.dns_config.options),
+    )

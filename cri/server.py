@@ -69,6 +69,7 @@ def build(cfg: CRIConfig) -> Node:
             default_cgroup_parent=cfg.cgroup_parent,
             pod_init=zygote.spawn_pod_init,
             pod_namespaces=zygote.setup_pod_namespaces,
+            network=network_driver(cfg),
         )
 
         def sandbox_context(sid: str) -> tuple[Any, Any]:
@@ -104,6 +105,32 @@ def build(cfg: CRIConfig) -> Node:
     return Node(
         cfg, zygote, store, sandboxes, containers, events, runtime_service, image_service, recovered
     )
+
+
+def network_driver(cfg: CRIConfig) -> Any:
+    """The pod network driver the settings name (cri/network/)."""
+    if cfg.network == "bridge":
+        from cri.network.bridge import BridgeDriver
+
+        return BridgeDriver(
+            os.path.join(cfg.state_dir, "network"),
+            cidr=cfg.pod_cidr,
+            bridge=cfg.bridge,
+            node_netns=cfg.node_netns,
+            nft_table=cfg.nft_table,
+        )
+    if cfg.network == "cni":
+        from cri.network.cni import CNIDriver
+
+        return CNIDriver(
+            os.path.join(cfg.state_dir, "cni"),
+            conf_dir=cfg.cni_conf_dir,
+            bin_dirs=tuple(cfg.cni_bin_dirs),
+            node_netns=cfg.node_netns,
+        )
+    from cri.network.driver import NoNetwork
+
+    return NoNetwork()
 
 
 def _store_recovery(store: Any) -> list[str]:

@@ -11,6 +11,7 @@ pytest_plugins = [
     "tests.fixtures.images",
     "tests.fixtures.bundles",
     "tests.fixtures.cri",
+    "tests.fixtures.netns",
     "tests.fixtures.oci",
     "tests.fixtures.pinnace_cli",
     "tests.fixtures.processes",
