@@ -26,11 +26,14 @@ class CRIConfig:
     seccomp_root: str = "/var/lib/kubelet/seccomp"  # where Localhost profiles may live
     stream_address: str = "127.0.0.1"  # the streaming server (exec/attach/port-forward)
     stream_port: int = 0
+    metrics_address: str = "127.0.0.1:0"  # the server's own /metrics (Prometheus); "" = off
     exec_output_limit: int = 16 << 20  # ExecSync bytes kept per stream, as CRI-O
+    events_queue: int = 1000  # container events held for a slow GetContainerEvents subscriber
     log_level: str = "info"
     # pod networking: "bridge" (built in), "cni" (plugins from cni_bin_dirs) or "none"
     network: str = "bridge"
     pod_cidr: str = "10.85.0.0/16"
+    pod_cidr_v6: str = ""  # dual stack for the bridge driver, e.g. "fd85::/64"; "" = IPv4 only
     bridge: str = "pinnace0"
     nft_table: str = "pinnace"
     node_netns: str = ""  # where the node side (bridge, rules) lives; "" = this host's
@@ -66,6 +69,13 @@ class CRIConfig:
             raise InvalidArgument(
                 f"network must be bridge, cni or none, not {cfg.network!r}", subject=source
             )
+        if cfg.metrics_address:
+            from cri.metrics import parse_address
+
+            try:
+                parse_address(cfg.metrics_address)
+            except ValueError as exc:
+                raise InvalidArgument(str(exc), subject=source) from None
         if not cfg.cgroup_parent.startswith("/"):
             cfg.cgroup_parent = "/" + cfg.cgroup_parent
         return cfg

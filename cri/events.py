@@ -18,15 +18,16 @@ Event = tuple[str, str, int]  # container id, kind, timestamp ns
 
 
 class Subscriber:
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop, size: int = QUEUE_SIZE) -> None:
         self.loop = loop
-        self.queue: asyncio.Queue[Event | None] = asyncio.Queue(QUEUE_SIZE + 1)
+        self.size = size
+        self.queue: asyncio.Queue[Event | None] = asyncio.Queue(size + 1)
         self.overflowed = False
 
     def _put(self, item: Event) -> None:  # on the loop's thread
         if self.overflowed:
             return
-        if self.queue.qsize() >= QUEUE_SIZE:
+        if self.queue.qsize() >= self.size:
             self.overflowed = True
             self.queue.put_nowait(None)
             return
@@ -37,12 +38,13 @@ class Subscriber:
 
 
 class EventHub:
-    def __init__(self) -> None:
+    def __init__(self, queue_size: int = QUEUE_SIZE) -> None:
+        self.queue_size = queue_size
         self._subs: set[Subscriber] = set()
         self._lock = threading.Lock()
 
     def subscribe(self) -> Subscriber:
-        sub = Subscriber(asyncio.get_running_loop())
+        sub = Subscriber(asyncio.get_running_loop(), self.queue_size)
         with self._lock:
             self._subs.add(sub)
         return sub

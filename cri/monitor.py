@@ -19,9 +19,10 @@ import os
 import selectors
 import signal
 import socket
+import struct
 import time
 from collections.abc import Callable, Collection, Iterator
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any, NoReturn, TypeVar
 
 from cri.crilog import STDERR, STDOUT, CRILogWriter
@@ -41,6 +42,16 @@ PR_SET_CHILD_SUBREAPER = 36
 SUN_PATH_MAX = 107  # sockaddr_un.sun_path holds 108 bytes with the NUL
 
 ERROR_SPEC, ERROR_RUNTIME, ERROR_INTERNAL = "spec", "runtime", "internal"
+
+# attach: after the JSON reply line the connection carries frames
+# [1 byte kind][4 bytes big-endian length][payload] both ways
+FRAME_STDIN, FRAME_STDOUT, FRAME_STDERR, FRAME_ERROR, FRAME_RESIZE = 0, 1, 2, 3, 4
+FRAME_HEADER = struct.Struct(">BI")
+MAX_FRAME = 1 << 20
+ATTACH_BUFFER = 1 << 20
+"""Output queued for one attacher; beyond it the attacher is dropped, the log never waits."""
+STDIN_BUFFER = 1 << 20
+"""Input queued for a container not reading its stdin; beyond it the sender is dropped."""
 
 
 class MonitorError(Exception):
@@ -204,6 +215,50 @@ def control(state_dir: str, request: dict[str, Any], *, timeout: float = 5.0) ->
     return reply
 
 
+def frame(kind: int, payload: bytes) -> bytes:
+    """One attach frame."""
+    return FRAME_HEADER.pack(kind, len(payload)) + payload
+
+
+def open_attach(
+    state_dir: str,
+    *,
+    stdin: bool,
+    stdout: bool,
+    stderr: bool,
+    tty: bool,
+    timeout: float = 5.0,
+) -> socket.socket:
+    """A connection to the monitor in attach mode (blocking; frames follow); MonitorError
+    when the monitor is gone or refuses."""
+    if not monitor_alive(state_dir):
+        raise MonitorError("the container's monitor is not running", state_dir=state_dir)
+    path = os.path.join(state_dir, CONTROL_SOCKET)
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+    request = {"op": "attach", "stdin": stdin, "stdout": stdout, "stderr": stderr, "tty": tty}
+    try:
+        sock.settimeout(timeout)
+        with _short_path(path) as where:
+            sock.connect(where)
+        sock.sendall(json.dumps(request).encode() + b"\n")
+        line = b""
+        while not line.endswith(b"\n") and len(line) < MAX_REQUEST:
+            chunk = sock.recv(1)  # byte by byte: frames may follow the line at once
+            if not chunk:
+                break
+            line += chunk
+        reply = json.loads(line)
+    except (OSError, ValueError) as exc:
+        sock.close()
+        raise MonitorError(f"cannot attach through {path}: {exc}", state_dir=state_dir) from None
+    if not isinstance(reply, dict) or reply.get("ok") is not True:
+        sock.close()
+        err = reply.get("error") if isinstance(reply, dict) else reply
+        raise MonitorError(f"the monitor refused attach: {err}", state_dir=state_dir)
+    sock.settimeout(None)
+    return sock
+
+
 @contextlib.contextmanager
 def _short_path(path: str) -> Iterator[str]:
     """`path`, or the same file through /proc/self/fd when it is too long for sun_path."""
@@ -250,7 +305,13 @@ class _Monitor:
         self.init_start = 0
         self.cgroup_dir = ""
         self.streams: dict[int, str] = {}  # output fd -> stream name
-        self.stdin_w = -1  # kept for attach (issue 8): the container's stdin stays open
+        self.stdin_w = -1  # kept for attach: the container's stdin stays open
+        self.pty_master = -1
+        self.stdin_fd = -1  # where attached stdin goes: stdin_w, or a dup of the pty master
+        self.stdin_buf = bytearray()
+        self.stdin_close = False  # close stdin once stdin_buf is written (stdin_once)
+        self.stdin_waiting = False  # registered for EVENT_WRITE
+        self.attachments: list[_Attachment] = []
         self.status: ExitStatus | None = None
 
     def fail(self, kind: str, error: str) -> None:
@@ -374,6 +435,12 @@ class _Monitor:
                     self.fail(ERROR_RUNTIME, f"no pty from the container: {exc}")
                     return False
                 self.streams = {master: STDOUT}
+                self.pty_master = master
+                if req.stdin:
+                    self.stdin_fd = os.dup(master)
+        if self.stdin_w >= 0:
+            self.stdin_fd = self.stdin_w
+            os.set_blocking(self.stdin_fd, False)
         return True
 
     def _undo_create(self) -> None:
@@ -430,8 +497,12 @@ class _Monitor:
                 timeout = deadline - time.monotonic()
                 if timeout <= 0:
                     break
-            for key, _ in sel.select(timeout):
-                if key.data == "wake":
+            for key, mask in sel.select(timeout):
+                if isinstance(key.data, _Attachment):
+                    self._attachment_event(sel, key.data, mask)
+                elif key.data == "stdin":
+                    self._flush_stdin(sel)
+                elif key.data == "wake":
                     with contextlib.suppress(BlockingIOError):
                         os.read(wake_r, 4096)
                 elif key.data == "out":
@@ -479,12 +550,15 @@ class _Monitor:
         if data:
             with contextlib.suppress(OSError):  # a full disk must not stop the monitor
                 self.writer.write(stream, data)
+            self._fan_out(sel, stream, data)
             return
         with contextlib.suppress(OSError):
             self.writer.end_stream(stream)
         sel.unregister(fd)
         os.close(fd)
         del self.streams[fd]
+        if fd == self.pty_master:
+            self.pty_master = -1
 
     def _accept(self, sel: selectors.BaseSelector, ctl: socket.socket) -> None:
         try:
@@ -509,21 +583,35 @@ class _Monitor:
         sel.unregister(conn)
         try:
             if b"\n" in buf:
-                reply = self._handle(bytes(buf).split(b"\n", 1)[0])
+                line, rest = bytes(buf).split(b"\n", 1)
+                reply, att = self._handle(line)
                 conn.setblocking(True)
                 conn.settimeout(1.0)
                 conn.sendall(json.dumps(reply).encode() + b"\n")
+                if att is not None:
+                    conn.setblocking(False)
+                    att.conn = conn
+                    self.attachments.append(att)
+                    sel.register(conn, selectors.EVENT_READ, att)
+                    if rest:
+                        att.inbuf += rest
+                        self._attach_input(sel, att)
+                    return
         except OSError:
             pass
-        finally:
-            conn.close()
+        conn.close()
 
-    def _handle(self, line: bytes) -> dict[str, Any]:
+    def _handle(self, line: bytes) -> tuple[dict[str, Any], _Attachment | None]:
         try:
             request = json.loads(line)
         except ValueError:
-            return {"ok": False, "error": "request is not JSON"}
+            return {"ok": False, "error": "request is not JSON"}, None
         op = request.get("op") if isinstance(request, dict) else None
+        if op == "attach":
+            return self._attach_request(request)
+        return self._handle_op(op), None
+
+    def _handle_op(self, op: Any) -> dict[str, Any]:
         if op == "reopen":
             assert self.writer is not None
             try:
@@ -533,9 +621,151 @@ class _Monitor:
             return {"ok": True}
         return {"ok": False, "error": f"unknown op {op!r}"}
 
+    # --- attach -------------------------------------------------------------------------
+
+    def _attach_request(self, request: dict[str, Any]) -> tuple[dict[str, Any], _Attachment | None]:
+        flags = {}
+        for name in ("stdin", "stdout", "stderr", "tty"):
+            value = request.get(name, False)
+            if type(value) is not bool:
+                return {"ok": False, "error": f"attach: {name} must be a boolean"}, None
+            flags[name] = value
+        if self.status is not None:
+            return {"ok": False, "error": "the container has exited"}, None
+        if flags["stdin"] and self.stdin_fd < 0:
+            return {"ok": False, "error": "the container was not created with stdin"}, None
+        att = _Attachment(stdin=flags["stdin"], stdout=flags["stdout"], stderr=flags["stderr"])
+        return {"ok": True}, att
+
+    def _fan_out(self, sel: selectors.BaseSelector, stream: str, data: bytes) -> None:
+        kind = FRAME_STDOUT if stream == STDOUT else FRAME_STDERR
+        for att in list(self.attachments):
+            if (att.stdout if kind == FRAME_STDOUT else att.stderr) and not att.dropping:
+                att.out += frame(kind, data)
+                if len(att.out) > ATTACH_BUFFER:
+                    self._drop(att, "attach: the client reads too slowly; output dropped")
+                self._flush_attachment(sel, att)
+
+    def _drop(self, att: _Attachment, why: str) -> None:
+        """Queue a last error frame and take no more output; closed once it is sent."""
+        att.dropping = True
+        att.out += frame(FRAME_ERROR, why.encode())
+
+    def _attachment_event(self, sel: selectors.BaseSelector, att: _Attachment, mask: int) -> None:
+        if mask & selectors.EVENT_WRITE:
+            self._flush_attachment(sel, att)
+        if mask & selectors.EVENT_READ and att in self.attachments:
+            try:
+                chunk = att.conn.recv(READ_SIZE)
+            except BlockingIOError:
+                return
+            except OSError:
+                chunk = b""
+            if not chunk:
+                self._detach(sel, att)
+                return
+            att.inbuf += chunk
+            self._attach_input(sel, att)
+
+    def _flush_attachment(self, sel: selectors.BaseSelector, att: _Attachment) -> None:
+        if att not in self.attachments:
+            return
+        try:
+            while att.out:
+                n = att.conn.send(att.out)
+                del att.out[:n]
+        except BlockingIOError:
+            pass
+        except OSError:
+            self._detach(sel, att)
+            return
+        if not att.out and att.dropping:
+            self._detach(sel, att)
+            return
+        want = selectors.EVENT_READ | (selectors.EVENT_WRITE if att.out else 0)
+        if want != att.events:
+            att.events = want
+            sel.modify(att.conn, want, att)
+
+    def _attach_input(self, sel: selectors.BaseSelector, att: _Attachment) -> None:
+        while len(att.inbuf) >= FRAME_HEADER.size and att in self.attachments:
+            kind, n = FRAME_HEADER.unpack_from(att.inbuf)
+            if n > MAX_FRAME:
+                self._drop(att, f"attach: frame of {n} bytes is too large")
+                self._flush_attachment(sel, att)
+                return
+            if len(att.inbuf) < FRAME_HEADER.size + n:
+                return
+            payload = bytes(att.inbuf[FRAME_HEADER.size : FRAME_HEADER.size + n])
+            del att.inbuf[: FRAME_HEADER.size + n]
+            if kind == FRAME_STDIN and att.stdin and self.stdin_fd >= 0:
+                if payload:
+                    self.stdin_buf += payload
+                    if len(self.stdin_buf) > STDIN_BUFFER:
+                        self.stdin_buf.clear()
+                        self._drop(att, "attach: the container does not read its stdin")
+                        self._flush_attachment(sel, att)
+                        return
+                elif self.req.stdin_once and self.pty_master < 0:
+                    self.stdin_close = True
+                self._flush_stdin(sel)
+            elif kind == FRAME_RESIZE and self.pty_master >= 0:
+                self._resize(payload)
+
+    def _resize(self, payload: bytes) -> None:
+        import fcntl
+        import termios
+
+        try:
+            size = json.loads(payload)
+            w, h = int(size["Width"]), int(size["Height"])
+            fcntl.ioctl(self.pty_master, termios.TIOCSWINSZ, struct.pack("HHHH", h, w, 0, 0))
+        except (ValueError, KeyError, TypeError, OSError, struct.error):
+            pass  # a bad size from one client is not worth more than ignoring it
+
+    def _flush_stdin(self, sel: selectors.BaseSelector) -> None:
+        if self.stdin_fd < 0:
+            self.stdin_buf.clear()
+            return
+        try:
+            while self.stdin_buf:
+                n = os.write(self.stdin_fd, self.stdin_buf)
+                del self.stdin_buf[:n]
+        except BlockingIOError:
+            if not self.stdin_waiting:
+                sel.register(self.stdin_fd, selectors.EVENT_WRITE, "stdin")
+                self.stdin_waiting = True
+            return
+        except OSError:  # EPIPE: nobody reads the container's stdin any more
+            self.stdin_buf.clear()
+            self.stdin_close = True
+        if self.stdin_waiting:
+            sel.unregister(self.stdin_fd)
+            self.stdin_waiting = False
+        if self.stdin_close:
+            os.close(self.stdin_fd)
+            self.stdin_fd = self.stdin_w = -1
+
+    def _detach(self, sel: selectors.BaseSelector, att: _Attachment) -> None:
+        if att in self.attachments:
+            self.attachments.remove(att)
+            with contextlib.suppress(KeyError, ValueError):
+                sel.unregister(att.conn)
+        att.conn.close()
+
     def _finish(self, ctl: socket.socket) -> None:
         """Close what is left, record the exit, and go."""
         assert self.writer is not None and self.status is not None
+        for att in self.attachments:
+            with contextlib.suppress(OSError):
+                att.conn.setblocking(True)
+                att.conn.settimeout(0.5)  # what is queued, if the client takes it at once
+                att.conn.sendall(att.out)
+            att.conn.close()
+        self.attachments.clear()
+        if self.stdin_fd >= 0:
+            os.close(self.stdin_fd)
+            self.stdin_fd = -1
         for fd, stream in list(self.streams.items()):
             with contextlib.suppress(OSError):
                 self.writer.end_stream(stream)
@@ -548,6 +778,20 @@ class _Monitor:
         # the server may have removed the container's state meanwhile: nothing to record to
         with contextlib.suppress(OSError):
             write_json_atomic(os.path.join(self.req.state_dir, EXIT_FILE), self.status.to_json())
+
+
+@dataclass(eq=False)
+class _Attachment:
+    """One attached client: what it wants, and the bytes queued each way."""
+
+    stdin: bool
+    stdout: bool
+    stderr: bool
+    conn: socket.socket = None  # type: ignore[assignment]  # set when registered
+    out: bytearray = field(default_factory=bytearray)
+    inbuf: bytearray = field(default_factory=bytearray)
+    events: int = selectors.EVENT_READ
+    dropping: bool = False
 
 
 def _create_in_child(req: MonitorRequest, console_path: str | None) -> dict[str, Any]:

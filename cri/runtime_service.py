@@ -24,7 +24,6 @@ RUNTIME_NAME = "pinnace"
 RUNTIME_API_VERSION = "v1"
 HANDLERS = ("", "pinnace")  # the default handler and its name; both are the same runtime
 STREAMING_LATER = "the streaming server (exec/attach/port-forward) is not built yet (issue 8)"
-METRICS_LATER = "cAdvisor-style pod metrics are not built yet (issue 8)"
 
 
 def _version() -> str:
@@ -51,11 +50,13 @@ class RuntimeService(api_pb2_grpc.RuntimeServiceServicer):
         events: EventHub,
         *,
         stats: Any = None,  # cri.stats.Stats, when built
+        streaming: Any = None,  # cri.streaming.server.StreamingServer
     ) -> None:
         self.sandboxes = sandboxes
         self.containers = containers
         self.events = events
         self.stats = stats
+        self.streaming = streaming
         self.pod_cidr = ""
         self._rro = _recursive_read_only_supported()
 
@@ -273,16 +274,100 @@ class RuntimeService(api_pb2_grpc.RuntimeServiceServicer):
         return api_pb2.ExecSyncResponse(stdout=out, stderr=err, exit_code=code)
 
     @rpc
-    async def Exec(self, request: Any, context: Any) -> Any:
-        raise Unimplemented(STREAMING_LATER)
+    async def Exec(self, request: api_pb2.ExecRequest, context: Any) -> api_pb2.ExecResponse:
+        from cri.streaming.tokens import EXEC
+
+        if not request.cmd:
+            raise InvalidArgument("cmd is empty", subject="cmd")
+        rec = await self._streamable(request, "exec")
+        url = self._register(
+            EXEC,
+            container_id=rec.id,
+            cmd=tuple(request.cmd),
+            tty=request.tty,
+            stdin=request.stdin,
+            stdout=request.stdout,
+            stderr=request.stderr,
+        )
+        return api_pb2.ExecResponse(url=url)
 
     @rpc
-    async def Attach(self, request: Any, context: Any) -> Any:
-        raise Unimplemented(STREAMING_LATER)
+    async def Attach(self, request: api_pb2.AttachRequest, context: Any) -> api_pb2.AttachResponse:
+        from cri.errors import FailedPrecondition
+        from cri.streaming.tokens import ATTACH
+
+        rec = await self._streamable(request, "attach")
+        if request.stdin and not rec.config_proto().stdin:
+            raise FailedPrecondition(
+                "cannot attach stdin: the container was not created with stdin", subject=rec.id
+            )
+        url = self._register(
+            ATTACH,
+            container_id=rec.id,
+            tty=request.tty,
+            stdin=request.stdin,
+            stdout=request.stdout,
+            stderr=request.stderr,
+        )
+        return api_pb2.AttachResponse(url=url)
 
     @rpc
-    async def PortForward(self, request: Any, context: Any) -> Any:
-        raise Unimplemented(STREAMING_LATER)
+    async def PortForward(
+        self, request: api_pb2.PortForwardRequest, context: Any
+    ) -> api_pb2.PortForwardResponse:
+        from cri.errors import FailedPrecondition
+        from cri.streaming.tokens import PORTFORWARD
+
+        self._need_streaming()
+        if not request.pod_sandbox_id:
+            raise InvalidArgument("pod_sandbox_id is empty", subject="pod_sandbox_id")
+        for port in request.port:
+            if not 1 <= port <= 65535:
+                raise InvalidArgument(f"port {port} is out of range 1-65535", subject="port")
+        sb = await blocking(self.sandboxes.get, request.pod_sandbox_id)
+        if sb.state != "ready":
+            raise FailedPrecondition(f"pod sandbox is {sb.state}, not ready", subject=sb.id)
+        url = self._register(
+            PORTFORWARD, sandbox_id=sb.id, netns=sb.netns, ports=tuple(request.port)
+        )
+        return api_pb2.PortForwardResponse(url=url)
+
+    def _need_streaming(self) -> Any:
+        if self.streaming is None:
+            raise Unimplemented(STREAMING_LATER)
+        return self.streaming
+
+    async def _streamable(self, request: Any, what: str) -> Any:
+        """The running container an exec/attach request names, its stdio flags checked
+        as kubelet checks them."""
+        from cri.errors import FailedPrecondition
+
+        self._need_streaming()
+        if not request.container_id:
+            raise InvalidArgument("container id is empty", subject="container_id")
+        if not (request.stdin or request.stdout or request.stderr):
+            raise InvalidArgument(
+                f"{what}: one of stdin, stdout, or stderr must be set", subject=request.container_id
+            )
+        if request.tty and request.stderr:
+            raise InvalidArgument(
+                f"{what}: tty and stderr cannot both be true (a terminal merges them)",
+                subject=request.container_id,
+            )
+        rec = await blocking(self.containers.get, request.container_id)
+        if rec.state != "running":
+            raise FailedPrecondition(f"container is {rec.state}, not running", subject=rec.id)
+        return rec
+
+    def _register(self, kind: str, **fields: Any) -> str:
+        from cri.errors import Unavailable
+        from cri.streaming.tokens import StreamRequest, TokenTableFull
+
+        try:
+            url: str = self._need_streaming().register(StreamRequest(kind, **fields))
+        except TokenTableFull as exc:
+            raise Unavailable(str(exc)) from None
+        return url
 
     @rpc
     async def CheckpointContainer(self, request: Any, context: Any) -> Any:
@@ -340,16 +425,31 @@ class RuntimeService(api_pb2_grpc.RuntimeServiceServicer):
         yield api_pb2.StreamPodSandboxStatsResponse(pod_sandbox_stats=listed.stats)
 
     @rpc
-    async def ListMetricDescriptors(self, request: Any, context: Any) -> Any:
-        raise Unimplemented(METRICS_LATER)
+    async def ListMetricDescriptors(
+        self, request: Any, context: Any
+    ) -> api_pb2.ListMetricDescriptorsResponse:
+        from cri.metrics import list_descriptors
+
+        self._need_stats()
+        return list_descriptors()
 
     @rpc
-    async def ListPodSandboxMetrics(self, request: Any, context: Any) -> Any:
-        raise Unimplemented(METRICS_LATER)
+    async def ListPodSandboxMetrics(
+        self, request: Any, context: Any
+    ) -> api_pb2.ListPodSandboxMetricsResponse:
+        from cri.metrics import pod_sandbox_metrics
 
-    @rpc
-    async def StreamPodSandboxMetrics(self, request: Any, context: Any) -> None:
-        raise Unimplemented(METRICS_LATER)
+        items = await blocking(pod_sandbox_metrics, self._need_stats())
+        return api_pb2.ListPodSandboxMetricsResponse(pod_metrics=items)
+
+    @rpc_stream
+    async def StreamPodSandboxMetrics(
+        self, request: Any, context: Any
+    ) -> AsyncIterator[api_pb2.StreamPodSandboxMetricsResponse]:
+        from cri.metrics import pod_sandbox_metrics
+
+        items = await blocking(pod_sandbox_metrics, self._need_stats())
+        yield api_pb2.StreamPodSandboxMetricsResponse(pod_sandbox_metrics=items)
 
     # -- events ---------------------------------------------------------------------------
 

@@ -76,7 +76,7 @@ def build(cfg: CRIConfig) -> Node:
             rec = sandboxes.get(sid)
             return rec, sandboxes.context(rec.id)
 
-        events = EventHub()
+        events = EventHub(cfg.events_queue)
         containers = ContainerManager(
             cfg.state_dir,
             cfg.run_dir,
@@ -93,7 +93,14 @@ def build(cfg: CRIConfig) -> Node:
         recovered += [f"container {r}" for r in containers.recover()]
         containers.on_event = events.publish
         stats = _stats(sandboxes, containers, store)
-        runtime_service = RuntimeService(sandboxes, containers, events, stats=stats)
+        from cri.streaming.server import StreamingServer
+
+        streaming = StreamingServer(
+            cfg.stream_address, cfg.stream_port, containers, sandboxes, cfg.runtime_root
+        )
+        runtime_service = RuntimeService(
+            sandboxes, containers, events, stats=stats, streaming=streaming
+        )
         image_service = ImageService(
             store,
             registry_config_dir=cfg.registry_config_dir,
@@ -115,6 +122,7 @@ def network_driver(cfg: CRIConfig) -> Any:
         return BridgeDriver(
             os.path.join(cfg.state_dir, "network"),
             cidr=cfg.pod_cidr,
+            cidr_v6=cfg.pod_cidr_v6,
             bridge=cfg.bridge,
             node_netns=cfg.node_netns,
             nft_table=cfg.nft_table,
@@ -139,8 +147,24 @@ def _store_recovery(store: Any) -> list[str]:
 
 
 def _stats(sandboxes: Any, containers: Any, store: Any) -> Any:
-    """Stats and metrics come with issue 8; until then those RPCs answer UNIMPLEMENTED."""
-    return None
+    """The stats and pod metrics RPCs' implementation (cri/stats.py)."""
+    from cri.stats import Stats
+
+    return Stats(sandboxes, containers, store)
+
+
+def _start_metrics(cfg: CRIConfig, node: Node) -> Any:
+    """The server's own Prometheus metrics: RPC timing always, /metrics unless disabled."""
+    from cri import rpc
+    from cri.metrics import ServerMetrics
+
+    metrics = ServerMetrics(node.containers)
+    metrics.watch(node.containers)
+    rpc.observer = metrics.observe_rpc
+    if cfg.metrics_address:
+        addr = metrics.start(cfg.metrics_address, cfg.run_dir)
+        log.info("serving Prometheus metrics on http://%s/metrics", addr)
+    return metrics
 
 
 def _claim_socket(path: str) -> None:
@@ -162,6 +186,13 @@ def _claim_socket(path: str) -> None:
 async def serve(cfg: CRIConfig, *, ready: Callable[[Node], None] | None = None) -> None:
     """Serve until SIGTERM/SIGINT; containers keep running after it returns."""
     node = await asyncio.to_thread(build, cfg)
+    try:
+        metrics = _start_metrics(cfg, node)
+    except (OSError, ValueError) as exc:
+        node.close()
+        raise SystemExit(
+            f"pinnace cri: cannot serve metrics on {cfg.metrics_address}: {exc}"
+        ) from None
     server = grpc.aio.server(
         options=[
             ("grpc.max_receive_message_length", 16 << 20),
@@ -170,6 +201,16 @@ async def serve(cfg: CRIConfig, *, ready: Callable[[Node], None] | None = None) 
     )
     api_pb2_grpc.add_RuntimeServiceServicer_to_server(node.runtime_service, server)  # type: ignore[no-untyped-call]
     api_pb2_grpc.add_ImageServiceServicer_to_server(node.image_service, server)  # type: ignore[no-untyped-call]
+    streaming = node.runtime_service.streaming
+    try:
+        await streaming.start()
+    except OSError as exc:
+        with contextlib.suppress(Exception):
+            metrics.stop(cfg.run_dir)
+        node.close()
+        raise SystemExit(
+            f"pinnace cri: cannot serve streams on {cfg.stream_address}:{cfg.stream_port}: {exc}"
+        ) from None
     path = cfg.socket_path
     _claim_socket(path)
     old = os.umask(0o177)  # the socket is born 0600
@@ -192,8 +233,10 @@ async def serve(cfg: CRIConfig, *, ready: Callable[[Node], None] | None = None) 
         await stop.wait()
     finally:
         await server.stop(grace=5)
+        await streaming.stop()
         with contextlib.suppress(FileNotFoundError):
             os.unlink(path)
+        metrics.stop(cfg.run_dir)
         node.close()
         log.info("stopped; containers keep running under their monitors")
 

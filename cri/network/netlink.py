@@ -19,7 +19,8 @@ import errno
 import os
 import socket
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from pyroute2 import IPRoute
@@ -31,6 +32,15 @@ from namespaces import syscalls as sc
 T = TypeVar("T")
 
 NETLINK_ROUTE = 0
+
+
+@dataclass(frozen=True)
+class PodAddr:
+    """One address of a pod's interface and the gateway of its default route."""
+
+    address: str
+    prefixlen: int
+    gateway: str
 
 
 def in_netns_thread(netns: str, fn: Callable[[], T]) -> T:
@@ -115,8 +125,28 @@ def link_index(ipr: IPRoute, name: str) -> int | None:
     return int(found[0]) if found else None
 
 
-def ensure_bridge(ipr: IPRoute, name: str, address: str, prefixlen: int, mtu: int) -> int:
-    """The bridge `name` with `address`/`prefixlen`, up; made if missing. Its index."""
+IFA_F_NODAD = 0x02
+BRPORT_HAIRPIN = 1  # IFLA_BRPORT_MODE: send frames back out the port they came in on
+
+Addr = tuple[str, int]  # (address, prefix length)
+
+
+def _add_address(ipr: IPRoute, idx: int, name: str, address: str, prefixlen: int) -> None:
+    """Add an address; IPv6 ones skip duplicate address detection (the CIDR is ours alone),
+    so they are usable at once instead of "tentative" for a second or more."""
+    v6 = ":" in address
+    spec: dict[str, Any] = {"index": idx, "address": address, "prefixlen": prefixlen}
+    if v6:
+        spec.update(family=socket.AF_INET6, flags=IFA_F_NODAD)
+    try:
+        ipr.addr("add", **spec)
+    except NetlinkError as exc:
+        if exc.code != errno.EEXIST:
+            raise NetworkError(f"cannot add {address}/{prefixlen} to {name}: {exc}") from exc
+
+
+def ensure_bridge(ipr: IPRoute, name: str, addresses: Sequence[Addr], mtu: int) -> int:
+    """The bridge `name`, up, with every one of `addresses`; made if missing. Its index."""
     idx = link_index(ipr, name)
     if idx is None:
         try:
@@ -131,14 +161,11 @@ def ensure_bridge(ipr: IPRoute, name: str, address: str, prefixlen: int, mtu: in
         kind = link_kind(ipr, idx)
         if kind != "bridge":
             raise NetworkError(f"{name} exists and is a {kind or 'plain'} link, not a bridge")
-    have = {(a.get("address"), a["prefixlen"]) for a in ipr.addr("dump", index=idx)}
-    if (address, prefixlen) not in have:
-        try:
-            ipr.addr("add", index=idx, address=address, prefixlen=prefixlen)
-        except NetlinkError as exc:
-            if exc.code != errno.EEXIST:
-                raise NetworkError(f"cannot add {address}/{prefixlen} to {name}: {exc}") from exc
     ipr.link("set", index=idx, state="up")
+    have = {(a.get("address"), a["prefixlen"]) for a in ipr.addr("dump", index=idx)}
+    for address, prefixlen in addresses:
+        if (address, prefixlen) not in have:
+            _add_address(ipr, idx, name, address, prefixlen)
     return idx
 
 
@@ -166,10 +193,13 @@ def create_veth_into(
     master: int | None = None,
     mtu: int = 1500,
     alias: str = "",
+    hairpin: bool = False,
 ) -> int:
     """A veth pair made in the node netns with its pod end created directly in `pod_netns`
     (by fd), so a pod's "eth0" never meets the node's names. The host end, attached to
-    `master` when given, up, its alias `alias` (whose veth it is); returns its index."""
+    `master` when given (in hairpin mode if asked, so a pod's packets DNATed back to it
+    on the bridge can return through its own port), up, its alias `alias` (whose veth it
+    is); returns its index."""
     try:
         nsfd = os.open(pod_netns, os.O_RDONLY | os.O_CLOEXEC)
     except OSError as exc:
@@ -200,6 +230,8 @@ def create_veth_into(
         spec["ifalias"] = alias
     try:
         node_ipr.link("set", index=idx, **spec)
+        if master is not None and hairpin:
+            node_ipr.brport("set", index=idx, mode=BRPORT_HAIRPIN)
     except NetlinkError as exc:
         with contextlib.suppress(NetlinkError):
             node_ipr.link("del", index=idx)
@@ -216,19 +248,29 @@ def link_alias(ipr: IPRoute, name: str) -> str | None:
     return str(msg.get_attr("IFLA_IFALIAS") or "")
 
 
-def configure_pod_side(
-    pod_ipr: IPRoute, ifname: str, address: str, prefixlen: int, gateway: str
-) -> None:
-    """The pod's interface: address, up, default route via `gateway`."""
+def configure_pod_side(pod_ipr: IPRoute, ifname: str, addresses: Sequence[PodAddr]) -> None:
+    """The pod's interface: its addresses, up, a default route via each family's gateway."""
     idx = link_index(pod_ipr, ifname)
     if idx is None:
         raise NetworkError(f"interface {ifname} is missing in the pod's network namespace")
+    for a in addresses:
+        _add_address(pod_ipr, idx, ifname, a.address, a.prefixlen)
     try:
-        pod_ipr.addr("add", index=idx, address=address, prefixlen=prefixlen)
         pod_ipr.link("set", index=idx, state="up")
-        pod_ipr.route("add", dst="0.0.0.0/0", gateway=gateway, oif=idx)
     except NetlinkError as exc:
-        raise NetworkError(f"cannot configure {ifname} with {address}/{prefixlen}: {exc}") from exc
+        raise NetworkError(f"cannot bring {ifname} up: {exc}") from exc
+    for a in addresses:
+        v6 = ":" in a.address
+        try:
+            pod_ipr.route(
+                "add",
+                dst="::/0" if v6 else "0.0.0.0/0",
+                gateway=a.gateway,
+                oif=idx,
+                family=socket.AF_INET6 if v6 else socket.AF_INET,
+            )
+        except NetlinkError as exc:
+            raise NetworkError(f"cannot add a default route via {a.gateway}: {exc}") from exc
 
 
 def delete_link(ipr: IPRoute, name: str, *, alias: str = "") -> bool:

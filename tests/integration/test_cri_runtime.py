@@ -380,3 +380,22 @@ def test_recovery_rolls_back_an_interrupted_create(cri_server: CRIServer):
     cri_server.start()
     assert not d.exists()
     assert list(cri_server.rt.ListContainers(api_pb2.ListContainersRequest()).containers) == []
+
+
+def test_events_reach_every_subscriber_in_order(cri_server: CRIServer):
+    subs = [cri_server.rt.GetContainerEvents(api_pb2.GetEventsRequest()) for _ in range(3)]
+    sid, pod = cri_server.run_pod()
+    want = []
+    for i in range(3):
+        cid = cri_server.create(sid, pod, cri_server.container_config(f"ev{i}", ["true"]))
+        cri_server.rt.StartContainer(api_pb2.StartContainerRequest(container_id=cid))
+        cri_server.wait_exited(cid)
+        want += [
+            (cid, api_pb2.CONTAINER_CREATED_EVENT),
+            (cid, api_pb2.CONTAINER_STARTED_EVENT),
+            (cid, api_pb2.CONTAINER_STOPPED_EVENT),
+        ]
+    for sub in subs:  # each read only now: nothing was lost while they waited
+        got = [(ev.container_id, ev.container_event_type) for _, ev in zip(want, sub, strict=False)]
+        assert got == want
+        sub.cancel()

@@ -211,6 +211,11 @@ def test_teardown_after_the_pod_netns_is_gone(cni: CNIEnv) -> None:
     assert not Path(a.netns).exists()
     cni.driver.teardown(a)
     assert cni.allocations() == []
+    # the kernel destroys an unreferenced netns (and the veth pair) from a workqueue,
+    # a moment after the last reference goes
+    deadline = time.monotonic() + 30
+    while cni.veths() and time.monotonic() < deadline:
+        time.sleep(0.05)
     assert cni.veths() == []
 
 

@@ -1,0 +1,1 @@
+"""Streaming server for Exec, Attach and PortForward (kubectl exec/attach/port-forward)."""
