@@ -231,7 +231,7 @@ def _leftovers(net: NetServer) -> dict[str, list[str]]:
 
 def test_concurrent_churn_leaves_nothing(net_server: NetServer):
     net = net_server
-    n = 100 if net.driver == "bridge" else 40
+    n = 100
 
     def one(i: int) -> str:
         sid, _ = _pod(net, f"churn-{i}")
@@ -279,3 +279,39 @@ def test_kill9_during_churn_then_restart_leaks_nothing(net_server: NetServer):
     net.srv.remove_everything()
     assert _leftovers(net) == {"veths": [], "allocations": []}
     assert made, "no pod was made before the kill"
+
+
+def test_dual_stack_pod_ips_in_status(node_netns: str, fixture_images: FixtureImages):
+    tag = uuid.uuid4().hex[:6]
+    settings = {
+        "network": "bridge",
+        "node_netns": node_netns,
+        "bridge": f"pt{tag}",
+        "nft_table": f"pinnace_{tag}",
+        "pod_cidr": f"10.85.{int(tag[:2], 16) % 200 + 20}.0/24",
+        "pod_cidr_v6": f"fd85:{tag[:4]}::/64",
+    }
+    with running_cri_server(fixture_images, settings) as srv:
+        sid_a, pod_a = srv.run_pod()
+        sid_b, pod_b = srv.run_pod()
+        st = srv.rt.PodSandboxStatus(api_pb2.PodSandboxStatusRequest(pod_sandbox_id=sid_a)).status
+        v4, v6 = st.network.ip, [p.ip for p in st.network.additional_ips]
+        assert ipaddress.ip_address(v4).version == 4
+        assert len(v6) == 1 and ipaddress.ip_address(v6[0]) in ipaddress.ip_network(
+            settings["pod_cidr_v6"]
+        )
+        cid = srv.create(
+            sid_a,
+            pod_a,
+            srv.container_config("srv6", ["nc", "-l", "-p", "8080", "-e", "echo", "over-v6"]),
+        )
+        srv.rt.StartContainer(api_pb2.StartContainerRequest(container_id=cid))
+        cmd = [
+            "sh",
+            "-c",
+            f"for i in $(seq 100); do nc {v6[0]} 8080 && exit 0; sleep 0.1; done; exit 1",
+        ]
+        cid = srv.create(sid_b, pod_b, srv.container_config("cli6", cmd))
+        srv.rt.StartContainer(api_pb2.StartContainerRequest(container_id=cid))
+        st_c = srv.wait_exited(cid, timeout=60)
+        assert "over-v6" in [t for _, _, t in read_log(st_c.log_path)]
