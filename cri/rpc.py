@@ -32,30 +32,45 @@ def _observe(method: str, code: str, started: float) -> None:
             log.exception("rpc observer failed")
 
 
+class _Call:
+    """One RPC: its outcome translated to a status code (CRIError -> its code, any other
+    exception -> INTERNAL with a logged traceback) and observed for the metrics."""
+
+    def __init__(self, name: str, context: grpc.aio.ServicerContext) -> None:
+        self.name = name
+        self.context = context
+        self.started = time.monotonic()
+
+    async def __aenter__(self) -> _Call:
+        return self
+
+    async def __aexit__(self, kind: object, exc: BaseException | None, tb: object) -> bool:
+        code = "OK"
+        try:
+            if isinstance(exc, CRIError):
+                code = exc.code.name
+                await self.context.abort(exc.code, str(exc))
+            elif isinstance(exc, asyncio.CancelledError):
+                code = "CANCELLED"
+            elif isinstance(exc, grpc.aio.AbortError):
+                code = _aborted_code(self.context)
+            elif isinstance(exc, Exception):
+                code = "INTERNAL"
+                log.exception("%s failed", self.name, exc_info=exc)
+                await self.context.abort(grpc.StatusCode.INTERNAL, f"{self.name}: {exc}")
+        finally:
+            _observe(self.name, code, self.started)
+        return False  # never swallowed: abort() raised, or the exception goes on
+
+
 def rpc(fn: Handler[R]) -> Handler[R]:
     """Decorate an async servicer method `(self, request, context)`."""
 
     @functools.wraps(fn)
     async def wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext) -> R:
-        started, code = time.monotonic(), "OK"
-        try:
+        async with _Call(fn.__name__, context):
             return await fn(self, request, context)
-        except CRIError as exc:
-            code = exc.code.name
-            await context.abort(exc.code, str(exc))
-        except asyncio.CancelledError:
-            code = "CANCELLED"
-            raise
-        except grpc.aio.AbortError:
-            code = _aborted_code(context)
-            raise
-        except Exception as exc:
-            code = "INTERNAL"
-            log.exception("%s failed", fn.__name__)
-            await context.abort(grpc.StatusCode.INTERNAL, f"{fn.__name__}: {exc}")
-        finally:
-            _observe(fn.__name__, code, started)
-        raise AssertionError("unreachable: context.abort raises")
+        raise AssertionError("unreachable: the call returned or raised")
 
     return wrapper
 
@@ -75,25 +90,9 @@ def rpc_stream(fn: StreamHandler[R]) -> StreamHandler[R]:
     async def wrapper(
         self: Any, request: Any, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[R]:
-        started, code = time.monotonic(), "OK"
-        try:
+        async with _Call(fn.__name__, context):
             async for item in fn(self, request, context):
                 yield item
-        except CRIError as exc:
-            code = exc.code.name
-            await context.abort(exc.code, str(exc))
-        except asyncio.CancelledError:
-            code = "CANCELLED"
-            raise
-        except grpc.aio.AbortError:
-            code = _aborted_code(context)
-            raise
-        except Exception as exc:
-            code = "INTERNAL"
-            log.exception("%s failed", fn.__name__)
-            await context.abort(grpc.StatusCode.INTERNAL, f"{fn.__name__}: {exc}")
-        finally:
-            _observe(fn.__name__, code, started)
 
     return wrapper
 
