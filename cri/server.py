@@ -14,6 +14,7 @@ import logging
 import os
 import signal
 import socket
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -247,14 +248,17 @@ def main(config_path: str | None) -> int:
     try:
         cfg = CRIConfig.load(config_path)
     except CRIError as exc:
-        print(f"pinnace cri: {exc}", flush=True)
+        print(f"pinnace cri: {exc}", file=sys.stderr, flush=True)
         return 2
     logging.basicConfig(
         level=getattr(logging, cfg.log_level.upper(), logging.INFO),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     if os.geteuid() != 0:
-        print("pinnace cri: must run as root (it creates namespaces, mounts and cgroups)")
+        print(
+            "pinnace cri: must run as root (it creates namespaces, mounts and cgroups)",
+            file=sys.stderr,
+        )
         return 1
     asyncio.run(serve(cfg))
     return 0

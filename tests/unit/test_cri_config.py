@@ -48,3 +48,19 @@ def test_bad_files_name_the_problem(tmp_path, text, needle):
 def test_missing_file(tmp_path):
     with pytest.raises(InvalidArgument, match="cannot read"):
         CRIConfig.load(str(tmp_path / "nope.yaml"))
+
+
+def test_the_command_refuses_a_bad_file_with_exit_2(tmp_path):
+    import subprocess
+    import sys
+
+    f = tmp_path / "cri.yaml"
+    f.write_text("network: carrier-pigeon\n")
+    r = subprocess.run(
+        [sys.executable, "-m", "pinnace", "cri", "--config", str(f)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert r.returncode == 2
+    assert "network must be bridge, cni or none" in r.stderr and r.stdout == ""
