@@ -881,9 +881,17 @@ class SpdySession:
         if (stream.local_closed and stream.remote_closed) or stream.reset_status is not None:
             self._streams.pop(stream.id, None)
 
-    def _mark_reset(self, stream: SpdyStream, status: int) -> int:
-        """Record a reset; returns the buffered bytes that will never be read (window credit)."""
+    def _mark_reset(self, stream: SpdyStream, status: int, *, keep_data: bool = False) -> int:
+        """Record a reset; returns the buffered bytes that will never be read (window credit).
+
+        `keep_data`: a reset from the peer leaves what it sent before readable, as Go's
+        spdystream does (kubelet-style servers write the exec status, then reset)."""
         stream.reset_status = status
+        if keep_data:
+            stream._wake()
+            self._window_changed.set()
+            self._maybe_forget(stream)
+            return 0
         dropped = stream._buffered
         stream._buffer.clear()
         stream._buffered = 0
@@ -921,7 +929,7 @@ class SpdySession:
         elif isinstance(frame, RstStreamFrame):
             stream = self._streams.get(frame.stream_id)
             if stream is not None:
-                dropped = self._mark_reset(stream, frame.status)
+                dropped = self._mark_reset(stream, frame.status, keep_data=True)
                 await self._flush_session_credit(dropped)
         elif isinstance(frame, SettingsFrame):
             self._on_settings(frame)

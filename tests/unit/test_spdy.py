@@ -467,6 +467,27 @@ def test_rst_stream_ends_reads_and_fails_writes() -> None:
     run(scenario)
 
 
+def test_data_sent_before_a_peer_reset_stays_readable() -> None:
+    """kubelet-style servers write the exec status on the error stream, then reset it."""
+
+    async def scenario() -> None:
+        client, server = await session_pair()
+        opening = asyncio.create_task(client.open_stream({"streamtype": "error"}))
+        sstream = await server.accept_stream()
+        assert sstream is not None
+        cstream = await opening
+        await sstream.write(b'{"status":"Success"}')
+        await sstream.reset()
+        await asyncio.sleep(0.05)  # both frames arrive before the client reads
+        assert await cstream.read() == b'{"status":"Success"}'
+        assert await cstream.read() == b""
+        assert cstream.reset_status == spdy.CANCEL
+        await client.close()
+        await server.close()
+
+    run(scenario)
+
+
 def test_ping_both_directions() -> None:
     async def scenario() -> None:
         client, server = await session_pair()
