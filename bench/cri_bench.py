@@ -299,24 +299,10 @@ class Podman:
     made_runc_root: bool = False  # runc's default --root, which podman's runc calls use
 
     def __call__(self, *args: str, check: bool = True) -> str:
-        t = self.top
-        argv = [
-            "podman",
-            "--root", str(t / "storage"),
-            "--runroot", str(t / "run"),
-            "--tmpdir", str(t / "tmp"),
-            "--storage-driver", "vfs",
-            "--cgroup-manager", "cgroupfs",
-            "--events-backend", "file",
-            "--network-config-dir", str(t / "net"),
-            "--runtime", "runc",
-            *args,
-        ]  # fmt: skip
-        env = {
-            **os.environ,
-            "CONTAINERS_CONF": str(t / "containers.conf"),
-            "TMPDIR": str(t / "tmp"),
-        }
+        from tests.fixtures.podman import podman_argv, podman_env
+
+        argv = podman_argv(self.top, "runc", *args)
+        env = podman_env(self.top)
         with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
             # files, not pipes: conmon and the container would hold a pipe open
             proc = subprocess.run(
@@ -334,22 +320,11 @@ class Podman:
 
 def podman_setup(top: Path, layout: Path) -> Podman:
     """Private storage and config, as tests/integration/test_podman.py (why each setting)."""
-    import resource
+    from tests.fixtures.podman import write_containers_conf
 
     for sub in ("tmp", "net"):
         (top / sub).mkdir(parents=True)
-    nofile = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
-    nproc = resource.getrlimit(resource.RLIMIT_NPROC)[1]
-    nofile = 1 << 20 if nofile == resource.RLIM_INFINITY else nofile
-    nproc = 32768 if nproc == resource.RLIM_INFINITY else min(nproc, 32768)
-    (top / "containers.conf").write_text(
-        "[containers]\n"
-        "pids_limit = 0\n"
-        f'default_ulimits = ["nofile={nofile}:{nofile}", "nproc={nproc}:{nproc}"]\n'
-        "[engine]\n"
-        'lock_type = "file"\n'
-        f'image_copy_tmp_dir = "{top / "tmp"}"\n'
-    )
+    write_containers_conf(top)
     p = Podman(top, f"/pinnace-bench-podman-{uuid.uuid4().hex[:8]}")
     p.made_runc_root = not RUNC_ROOT.exists()
     p.image = p("pull", "-q", f"oci:{layout}:busybox:latest").strip()
@@ -419,19 +394,10 @@ def start_pinnace(base: Path, layout: Path, cgroup_parent: str) -> Any:
 
     from images.archive import import_layout
     from images.store import ImageStore
-    from tests.fixtures.cri import CRIServer
+    from tests.fixtures.cri import CRIServer, server_settings
 
     base.mkdir(parents=True)
-    settings = {
-        "socket": str(base / "cri.sock"),
-        "state_dir": str(base / "state"),
-        "run_dir": str(base / "run"),
-        "runtime_root": str(base / "runtime"),
-        "image_root": str(base / "images"),
-        "registry_config_dir": str(base / "certs.d"),
-        "cgroup_parent": cgroup_parent,
-        "log_level": "info",
-    }
+    settings = server_settings(base, cgroup_parent, log_level="info")
     (base / "cri.yaml").write_text(yaml.safe_dump(settings))
     store = ImageStore(base / "images")
     try:

@@ -17,7 +17,6 @@ unified one), so cgroup clean-up walks every mounted hierarchy.
 from __future__ import annotations
 
 import contextlib
-import errno
 import io
 import json
 import os
@@ -28,6 +27,8 @@ import tarfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from tests.fixtures.cgroup_tree import cgroup_mounts, remove_tree
 
 PAUSE_IMAGE = "docker.io/library/pause-bench:latest"
 BUSYBOX_IMAGE = "docker.io/library/busybox:latest"
@@ -209,15 +210,6 @@ def import_images(ctrd: Containerd, archive: Path) -> None:
         raise ContainerdUnavailable(f"ctr images import: {proc.stderr.strip()}")
 
 
-def _cgroup_mounts() -> list[Path]:
-    points = []
-    for line in Path("/proc/self/mountinfo").read_text().splitlines():
-        pre, _, post = line.partition(" - ")
-        if post.split()[0] in ("cgroup", "cgroup2"):
-            points.append(Path(pre.split()[4]))
-    return points
-
-
 def remove_cgroups(top_rel: str) -> list[str]:
     """Kill what is left in /<hierarchy>/<top_rel> (by PID) and rmdir it, deepest first,
     in every hierarchy. Returns what could not be removed."""
@@ -225,29 +217,11 @@ def remove_cgroups(top_rel: str) -> list[str]:
     rel = top_rel.strip("/")
     if not rel:
         raise ValueError("refusing to clean the root cgroup")
-    for mount in _cgroup_mounts():
+    for mount in cgroup_mounts():
         top = mount / rel
         if not top.is_dir():
             continue
-        dirs = sorted((p for p in top.rglob("*") if p.is_dir()), key=lambda p: -len(p.parts))
-        for d in [*dirs, top]:
-            with contextlib.suppress(OSError):
-                for pid in (d / "cgroup.procs").read_text().split():
-                    with contextlib.suppress(ProcessLookupError):
-                        os.kill(int(pid), signal.SIGKILL)
-            for _ in range(100):
-                try:
-                    d.rmdir()
-                    break
-                except FileNotFoundError:
-                    break
-                except OSError as exc:
-                    if exc.errno != errno.EBUSY:
-                        failed.append(f"{d}: {exc.strerror}")
-                        break
-                    time.sleep(0.02)
-            else:
-                failed.append(f"{d}: still busy")
+        failed += remove_tree(top, kill=True)
     return failed
 
 

@@ -56,6 +56,7 @@ from cri.network.driver import NetworkDriver, PodNetworkRequest, PortMapping  # 
 from cri.podns import PodNamespaces  # noqa: E402
 from cri.podns import setup as setup_pod_namespaces  # noqa: E402
 from namespaces.handles import unpin  # noqa: E402
+from tests.fixtures.cni import write_bridge_conflist  # noqa: E402
 
 CNI_BIN = "/usr/lib/cni"
 CNI_PLUGINS = ("bridge", "host-local", "portmap")
@@ -117,26 +118,9 @@ def make_node(base: Path) -> str:
 
 
 def write_conflist(conf_dir: Path, bridge: str, data_dir: Path, ports: bool) -> None:
-    plugins: list[dict[str, Any]] = [
-        {
-            "type": "bridge",
-            "bridge": bridge,
-            "isGateway": True,
-            "ipMasq": True,
-            "hairpinMode": True,
-            "ipam": {
-                "type": "host-local",
-                "ranges": [[{"subnet": CNI_CIDR}]],
-                "routes": [{"dst": "0.0.0.0/0"}],
-                "dataDir": str(data_dir),
-            },
-        }
-    ]
-    if ports:
-        plugins.append({"type": "portmap", "capabilities": {"portMappings": True}, "snat": True})
-    conf_dir.mkdir(parents=True)
-    conflist = {"cniVersion": "1.0.0", "name": "benchnet", "plugins": plugins}
-    (conf_dir / "10-benchnet.conflist").write_text(json.dumps(conflist))
+    write_bridge_conflist(
+        conf_dir / "10-benchnet.conflist", "benchnet", bridge, CNI_CIDR, data_dir, ports=ports
+    )
 
 
 def make_runs(base: Path, ports: bool, nodes: list[str]) -> list[Run]:

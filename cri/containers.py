@@ -528,6 +528,13 @@ class ContainerManager:
         )
 
     def find(self, flt: api_pb2.ContainerFilter | None) -> list[api_pb2.Container]:
+        return [self.to_proto(rec) for rec in self.listed(flt)]
+
+    def listed(
+        self, flt: api_pb2.ContainerFilter | api_pb2.ContainerStatsFilter | None
+    ) -> list[ContainerRecord]:
+        """What ListContainers and ListContainerStats show: every container but those still
+        being created, matching the filter's id and pod prefixes, labels and state."""
         out = []
         for rec in self.all():
             if rec.state == CREATING:
@@ -537,11 +544,15 @@ class ContainerManager:
                     continue
                 if flt.pod_sandbox_id and not rec.sandbox_id.startswith(flt.pod_sandbox_id):
                     continue
-                if flt.HasField("state") and _STATE_PROTO[rec.state] != flt.state.state:
+                if (
+                    isinstance(flt, api_pb2.ContainerFilter)
+                    and flt.HasField("state")
+                    and _STATE_PROTO[rec.state] != flt.state.state
+                ):
                     continue
                 if any(rec.labels.get(k) != v for k, v in flt.label_selector.items()):
                     continue
-            out.append(self.to_proto(rec))
+            out.append(rec)
         return out
 
     # -- UpdateContainerResources, ExecSync, ReopenContainerLog ---------------------

@@ -272,6 +272,27 @@ def _short_path(path: str) -> Iterator[str]:
         os.close(dfd)
 
 
+def listen_private(path: str, backlog: int) -> socket.socket:
+    """A non-blocking unix listener at `path` (replacing a stale one), mode 0600 from the
+    start: only root's CRI server may connect, and there is no window with a wider mode."""
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+    try:
+        old = os.umask(0o177)
+        try:
+            with _short_path(path) as where:
+                sock.bind(where)
+        finally:
+            os.umask(old)
+        sock.listen(backlog)
+        sock.setblocking(False)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
 # --- the monitor process ----------------------------------------------------------------
 
 
@@ -454,23 +475,7 @@ class _Monitor:
                 pass
 
     def _listen(self) -> socket.socket:
-        path = os.path.join(self.req.state_dir, CONTROL_SOCKET)
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(path)
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
-        try:
-            old = os.umask(0o177)  # 0600 from the start, no window with a wider mode
-            try:
-                with _short_path(path) as where:
-                    sock.bind(where)
-            finally:
-                os.umask(old)
-            sock.listen(8)
-            sock.setblocking(False)
-        except BaseException:
-            sock.close()
-            raise
-        return sock
+        return listen_private(os.path.join(self.req.state_dir, CONTROL_SOCKET), 8)
 
     # --- the loop ---------------------------------------------------------------------
 

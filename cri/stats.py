@@ -356,23 +356,6 @@ class Stats:
         w.used_bytes.value = usage.size
         w.inodes_used.value = usage.inodes
 
-    def _container_records(self, flt: api_pb2.ContainerStatsFilter | None) -> list[Any]:
-        from cri.containers import CREATING
-
-        out = []
-        for rec in self.containers.all():
-            if rec.state == CREATING:
-                continue
-            if flt is not None:
-                if flt.id and not rec.id.startswith(flt.id):
-                    continue
-                if flt.pod_sandbox_id and not rec.sandbox_id.startswith(flt.pod_sandbox_id):
-                    continue
-                if any(rec.labels.get(k) != v for k, v in flt.label_selector.items()):
-                    continue
-            out.append(rec)
-        return out
-
     def container_stats(self, cid: str) -> api_pb2.ContainerStatsResponse:
         rec = self.containers.get(cid)
         return api_pb2.ContainerStatsResponse(stats=self.sample_container(rec).stats)
@@ -380,7 +363,7 @@ class Stats:
     def list_container_stats(
         self, flt: api_pb2.ContainerStatsFilter | None
     ) -> api_pb2.ListContainerStatsResponse:
-        recs = self._container_records(flt)
+        recs = self.containers.listed(flt)
         if flt is None or not (flt.id or flt.pod_sandbox_id or flt.label_selector):
             self.rates.keep_only(("c:" + r.id for r in recs), "c:")
         return api_pb2.ListContainerStatsResponse(

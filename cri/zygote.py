@@ -24,6 +24,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from typing import Any, NoReturn
 
 from cri.monitor import MonitorReply, MonitorRequest, run_monitor
@@ -262,27 +263,37 @@ def _child_start(sock: socket.socket) -> None:
     sock.close()
 
 
-def _spawn_monitor(sock: socket.socket, req: MonitorRequest) -> MonitorReply:
+def _fork_reporting(
+    sock: socket.socket, child: Callable[[int], object], timeout: float
+) -> tuple[int, bytes | None]:
+    """Fork a child that runs `child(w)` and reports one line on pipe end `w`; returns its
+    pid and that line (b"" if it exited first, None if it did not report in `timeout`)."""
     r, w = os.pipe2(os.O_CLOEXEC)
     pid = os.fork()
     if pid == 0:
         try:
             os.close(r)
             _child_start(sock)
-
-            def report(reply: MonitorReply) -> None:
-                data = json.dumps(reply.to_json()).encode() + b"\n"
-                while data:
-                    data = data[os.write(w, data) :]
-
-            run_monitor(req, report, keep_fds=[w])
+            child(w)
         finally:
             os._exit(1)
     os.close(w)
     try:
-        data = _read_message(r, REPLY_TIMEOUT)
+        return pid, _read_message(r, timeout)
     finally:
         os.close(r)
+
+
+def _spawn_monitor(sock: socket.socket, req: MonitorRequest) -> MonitorReply:
+    def monitor(w: int) -> None:
+        def report(reply: MonitorReply) -> None:
+            data = json.dumps(reply.to_json()).encode() + b"\n"
+            while data:
+                data = data[os.write(w, data) :]
+
+        run_monitor(req, report, keep_fds=[w])
+
+    pid, data = _fork_reporting(sock, monitor, REPLY_TIMEOUT)
     if data is None:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
@@ -332,20 +343,7 @@ def _spawn_pod_init(sock: socket.socket, ns: Any) -> dict[str, Any]:
         }
     if not all(isinstance(v, str) for v in ns.values()):
         return {"ok": False, "error": f"bad ns {ns!r}: paths", "error_kind": "internal"}
-    r, w = os.pipe2(os.O_CLOEXEC)
-    pid = os.fork()
-    if pid == 0:
-        try:
-            os.close(r)
-            _child_start(sock)
-            _pod_init_parent(ns, w)
-        finally:
-            os._exit(1)
-    os.close(w)
-    try:
-        data = _read_message(r, PODINIT_TIMEOUT)
-    finally:
-        os.close(r)
+    pid, data = _fork_reporting(sock, lambda w: _pod_init_parent(ns, w), PODINIT_TIMEOUT)
     with contextlib.suppress(ChildProcessError):
         os.waitpid(pid, 0)
     if not data:

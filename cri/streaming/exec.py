@@ -25,6 +25,7 @@ import termios
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from cri.monitor import listen_private
 from cri.streaming import status
 from cri.streaming.stdio import Size, Stdio
 from cri.streaming.tokens import StreamRequest
@@ -134,7 +135,7 @@ class _Exec:
             argv = [sys.executable, "-m", "runtime", "--root", self.runtime_root, "exec"]
             argv += ["--process", self.process_file, "--pid-file", self.pid_file]
             if req.tty:
-                listen = _listen(self.console_path)
+                listen = listen_private(self.console_path, 1)
                 argv += ["--tty", "--console-socket", self.console_path]
             argv.append(self.cid)
             pipe_stdin = req.stdin and not req.tty
@@ -262,24 +263,6 @@ class _Exec:
         while (size := await self.io.resizes.get()) is not None:
             with contextlib.suppress(OSError):
                 set_window_size(master, size)
-
-
-def _listen(path: str) -> socket.socket:
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(path)
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
-    try:
-        old = os.umask(0o177)
-        try:
-            sock.bind(path)
-        finally:
-            os.umask(old)
-        sock.listen(1)
-        sock.setblocking(False)
-    except BaseException:
-        sock.close()
-        raise
-    return sock
 
 
 async def serve_exec(

@@ -21,6 +21,7 @@ import pytest
 
 from cri.api import api_pb2
 from images.builder import FixtureImages
+from tests.fixtures.cni import write_bridge_conflist
 from tests.fixtures.cri import CRIServer, read_log, running_cri_server
 from tests.fixtures.netns import in_netns
 
@@ -78,26 +79,15 @@ def _cni_conflist(tmp: Path, bridge: str, cidr: str, cni_bin: str) -> tuple[Path
     conf_dir = tmp / "net.d"
     conf_dir.mkdir()
     data_dir = tmp / "host-local"
-    conflist = {
-        "cniVersion": "1.0.0",
-        "name": f"pinnace-test-{bridge}",
-        "plugins": [
-            {
-                "type": "bridge",
-                "bridge": bridge,
-                "isGateway": True,
-                "ipMasq": True,
-                "ipam": {
-                    "type": "host-local",
-                    "ranges": [[{"subnet": cidr}]],
-                    "routes": [{"dst": "0.0.0.0/0"}],
-                    "dataDir": str(data_dir),
-                },
-            },
-            {"type": "portmap", "capabilities": {"portMappings": True}},
-        ],
-    }
-    (conf_dir / "10-test.conflist").write_text(json.dumps(conflist))
+    write_bridge_conflist(
+        conf_dir / "10-test.conflist",
+        f"pinnace-test-{bridge}",
+        bridge,
+        cidr,
+        data_dir,
+        hairpin=False,
+        snat=False,
+    )
     return conf_dir, data_dir
 
 

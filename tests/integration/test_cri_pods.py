@@ -18,36 +18,31 @@ pytestmark = pytest.mark.root
 
 
 def run_to_exit(srv: CRIServer, sid: str, pod, cfg) -> tuple[api_pb2.ContainerStatus, str]:
-    cid = srv.create(sid, pod, cfg)
-    srv.rt.StartContainer(api_pb2.StartContainerRequest(container_id=cid))
+    cid = srv.create_started(sid, pod, cfg)
     st = srv.wait_exited(cid)
     out = "\n".join(text for stream, _tag, text in read_log(st.log_path) if stream == "stdout")
     return st, out
 
 
+def _pid_namespace(mode: api_pb2.NamespaceMode) -> api_pb2.LinuxPodSandboxConfig:
+    return api_pb2.LinuxPodSandboxConfig(
+        security_context=api_pb2.LinuxSandboxSecurityContext(
+            namespace_options=api_pb2.NamespaceOption(pid=mode)
+        )
+    )
+
+
 def test_pod_pid_namespace_is_shared_only_when_asked(cri_server: CRIServer):
     srv = cri_server
     # NamespaceMode POD for pid: containers see each other, and pid 1 is the pod's reaper
-    shared = api_pb2.LinuxPodSandboxConfig(
-        security_context=api_pb2.LinuxSandboxSecurityContext(
-            namespace_options=api_pb2.NamespaceOption(pid=api_pb2.POD)
-        )
-    )
-    sid, pod = srv.run_pod(linux=shared)
-    sleeper = srv.create(sid, pod, srv.container_config("sleeper", ["sleep", "1000"]))
-    srv.rt.StartContainer(api_pb2.StartContainerRequest(container_id=sleeper))
+    sid, pod = srv.run_pod(linux=_pid_namespace(api_pb2.POD))
+    srv.create_started(sid, pod, srv.container_config("sleeper", ["sleep", "1000"]))
     _st, out = run_to_exit(srv, sid, pod, srv.container_config("looker", ["ps", "-o", "pid,args"]))
     assert re.search(r"^\s*1\s", out, re.M), out
     assert "sleep 1000" in out
     # CONTAINER: its own pid namespace, where it is pid 1 and sees no sleeper
-    own = api_pb2.LinuxPodSandboxConfig(
-        security_context=api_pb2.LinuxSandboxSecurityContext(
-            namespace_options=api_pb2.NamespaceOption(pid=api_pb2.CONTAINER)
-        )
-    )
-    sid2, pod2 = srv.run_pod(linux=own)
-    s2 = srv.create(sid2, pod2, srv.container_config("sleeper", ["sleep", "1000"]))
-    srv.rt.StartContainer(api_pb2.StartContainerRequest(container_id=s2))
+    sid2, pod2 = srv.run_pod(linux=_pid_namespace(api_pb2.CONTAINER))
+    srv.create_started(sid2, pod2, srv.container_config("sleeper", ["sleep", "1000"]))
     _st, out = run_to_exit(
         srv, sid2, pod2, srv.container_config("looker", ["sh", "-c", "echo $$; ps -o args"])
     )
@@ -59,8 +54,7 @@ def test_containers_of_a_pod_share_its_network_and_hostname(cri_server: CRIServe
     srv = cri_server
     sid, pod = srv.run_pod()
     server = srv.container_config("srv", ["nc", "-l", "-p", "7070", "-e", "echo", "hello-from-a"])
-    a = srv.create(sid, pod, server)
-    srv.rt.StartContainer(api_pb2.StartContainerRequest(container_id=a))
+    srv.create_started(sid, pod, server)
     client = srv.container_config(
         "cli",
         [
@@ -151,8 +145,7 @@ def test_tty_container_logs_through_the_pty(cri_server: CRIServer):
 def test_exec_sync_output_is_capped(cri_server: CRIServer):
     srv = cri_server
     sid, pod = srv.run_pod()
-    cid = srv.create(sid, pod, srv.container_config("e", ["sleep", "1000"]))
-    srv.rt.StartContainer(api_pb2.StartContainerRequest(container_id=cid))
+    cid = srv.create_started(sid, pod, srv.container_config("e", ["sleep", "1000"]))
     r = srv.rt.ExecSync(
         api_pb2.ExecSyncRequest(
             container_id=cid, cmd=["sh", "-c", "head -c 5000 /dev/zero; id -u"], timeout=10
@@ -168,8 +161,7 @@ def test_update_resources_on_a_host_without_controllers(cri_server: CRIServer, h
         pytest.skip("this host has a v2 memory controller: the VM tier covers it")
     srv = cri_server
     sid, pod = srv.run_pod()
-    cid = srv.create(sid, pod, srv.container_config("u", ["sleep", "1000"]))
-    srv.rt.StartContainer(api_pb2.StartContainerRequest(container_id=cid))
+    cid = srv.create_started(sid, pod, srv.container_config("u", ["sleep", "1000"]))
     with pytest.raises(grpc.RpcError) as err:
         srv.rt.UpdateContainerResources(
             api_pb2.UpdateContainerResourcesRequest(

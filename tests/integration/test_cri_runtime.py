@@ -154,8 +154,7 @@ def test_stop_with_timeout_then_kill(cri_server: CRIServer):
     cfg = cri_server.container_config(
         "stubborn", ["sh", "-c", "trap '' TERM; while :; do sleep 1; done"]
     )
-    cid = cri_server.create(sid, pod, cfg)
-    cri_server.rt.StartContainer(api_pb2.StartContainerRequest(container_id=cid))
+    cid = cri_server.create_started(sid, pod, cfg)
     assert cri_server.status(cid).state == api_pb2.CONTAINER_RUNNING
     cri_server.rt.StopContainer(api_pb2.StopContainerRequest(container_id=cid, timeout=1))
     st = cri_server.status(cid)
@@ -165,8 +164,7 @@ def test_stop_with_timeout_then_kill(cri_server: CRIServer):
     cfg = cri_server.container_config(
         "polite", ["sh", "-c", "trap 'exit 0' TERM; while :; do sleep 0.1; done"]
     )
-    cid2 = cri_server.create(sid, pod, cfg)
-    cri_server.rt.StartContainer(api_pb2.StartContainerRequest(container_id=cid2))
+    cid2 = cri_server.create_started(sid, pod, cfg)
     time.sleep(0.3)  # let the shell install its trap
     cri_server.rt.StopContainer(api_pb2.StopContainerRequest(container_id=cid2, timeout=20))
     st = cri_server.status(cid2)
@@ -177,8 +175,7 @@ def test_stop_sandbox_stops_its_containers_and_remove_leaves_nothing(cri_server:
     sid, pod = cri_server.run_pod()
     cids = []
     for n in ("a", "b"):
-        cid = cri_server.create(sid, pod, cri_server.container_config(n, ["sleep", "1000"]))
-        cri_server.rt.StartContainer(api_pb2.StartContainerRequest(container_id=cid))
+        cid = cri_server.create_started(sid, pod, cri_server.container_config(n, ["sleep", "1000"]))
         cids.append(cid)
     cri_server.rt.StopPodSandbox(api_pb2.StopPodSandboxRequest(pod_sandbox_id=sid))
     for cid in cids:
@@ -194,8 +191,7 @@ def test_stop_sandbox_stops_its_containers_and_remove_leaves_nothing(cri_server:
 
 def test_exec_sync(cri_server: CRIServer):
     sid, pod = cri_server.run_pod()
-    cid = cri_server.create(sid, pod, cri_server.container_config("e", ["sleep", "1000"]))
-    cri_server.rt.StartContainer(api_pb2.StartContainerRequest(container_id=cid))
+    cid = cri_server.create_started(sid, pod, cri_server.container_config("e", ["sleep", "1000"]))
     r = cri_server.rt.ExecSync(
         api_pb2.ExecSyncRequest(
             container_id=cid, cmd=["sh", "-c", "echo hi; echo no >&2; exit 4"], timeout=10
@@ -280,8 +276,7 @@ def test_reopen_container_log(cri_server: CRIServer):
     cfg = cri_server.container_config(
         "r", ["sh", "-c", "i=0; while :; do echo line$i; i=$((i+1)); sleep 0.05; done"]
     )
-    cid = cri_server.create(sid, pod, cfg)
-    cri_server.rt.StartContainer(api_pb2.StartContainerRequest(container_id=cid))
+    cid = cri_server.create_started(sid, pod, cfg)
     log = cri_server.status(cid).log_path
     time.sleep(0.3)
     os.rename(log, log + ".1")
@@ -337,8 +332,7 @@ def test_kill9_of_the_server_loses_nothing(cri_server: CRIServer):
 def test_container_events_stream(cri_server: CRIServer):
     stream = cri_server.rt.GetContainerEvents(api_pb2.GetEventsRequest())
     sid, pod = cri_server.run_pod()
-    cid = cri_server.create(sid, pod, cri_server.container_config("ev", ["true"]))
-    cri_server.rt.StartContainer(api_pb2.StartContainerRequest(container_id=cid))
+    cid = cri_server.create_started(sid, pod, cri_server.container_config("ev", ["true"]))
     cri_server.wait_exited(cid)
     cri_server.rt.RemoveContainer(api_pb2.RemoveContainerRequest(container_id=cid))
     kinds = []
@@ -387,8 +381,7 @@ def test_events_reach_every_subscriber_in_order(cri_server: CRIServer):
     sid, pod = cri_server.run_pod()
     want = []
     for i in range(3):
-        cid = cri_server.create(sid, pod, cri_server.container_config(f"ev{i}", ["true"]))
-        cri_server.rt.StartContainer(api_pb2.StartContainerRequest(container_id=cid))
+        cid = cri_server.create_started(sid, pod, cri_server.container_config(f"ev{i}", ["true"]))
         cri_server.wait_exited(cid)
         want += [
             (cid, api_pb2.CONTAINER_CREATED_EVENT),

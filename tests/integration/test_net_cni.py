@@ -4,7 +4,6 @@ and host ports, and teardown/reconcile leave no veth, IP allocation or rule behi
 
 from __future__ import annotations
 
-import json
 import secrets
 import statistics
 import subprocess
@@ -20,6 +19,7 @@ import pytest
 from cri.network.cni import CNIDriver
 from cri.network.driver import PodNetworkRequest, PortMapping
 from namespaces.handles import unpin
+from tests.fixtures.cni import write_bridge_conflist
 from tests.fixtures.netns import in_netns
 
 pytestmark = pytest.mark.usefixtures("require_root")
@@ -94,28 +94,7 @@ def connect(netns: str, addr: str, port: int) -> subprocess.CompletedProcess[str
 
 
 def write_conflist(conf_dir: Path, bridge: str, subnet: str, ipam_dir: Path) -> None:
-    conf_dir.mkdir()
-    conflist = {
-        "cniVersion": "1.0.0",
-        "name": "podnet",
-        "plugins": [
-            {
-                "type": "bridge",
-                "bridge": bridge,
-                "isGateway": True,
-                "ipMasq": True,
-                "hairpinMode": True,
-                "ipam": {
-                    "type": "host-local",
-                    "ranges": [[{"subnet": subnet}]],
-                    "routes": [{"dst": "0.0.0.0/0"}],
-                    "dataDir": str(ipam_dir),
-                },
-            },
-            {"type": "portmap", "capabilities": {"portMappings": True}, "snat": True},
-        ],
-    }
-    (conf_dir / "10-podnet.conflist").write_text(json.dumps(conflist))
+    write_bridge_conflist(conf_dir / "10-podnet.conflist", "podnet", bridge, subnet, ipam_dir)
 
 
 @pytest.fixture

@@ -53,11 +53,9 @@ hybrid cgroup host the suite runs on, by running podman against it):
 from __future__ import annotations
 
 import contextlib
-import errno
 import json
 import os
 import re
-import resource
 import shutil
 import signal
 import subprocess
@@ -73,30 +71,14 @@ import pytest
 
 from images.builder import BUSYBOX, FixtureImages
 from runtime.state import DEFAULT_ROOT
+from tests.fixtures.cgroup_tree import cgroup_mounts, remove_tree
 from tests.fixtures.oci import run_captured
+from tests.fixtures.podman import podman_argv, podman_env, write_containers_conf
 
 RUNTIME = Path(sys.executable).parent / "pinnace-oci"
-PODMAN_NPROC = 32768  # podman sets its own RLIMIT_NPROC to this at start-up
 CALL_TIMEOUT = 60.0
 SETTLE_TIMEOUT = 15.0  # conmon and the exit command finish well within this
 PTS = re.compile(r"^/dev/pts/\d+\r?$")
-
-
-def _hard_limit(which: int, cap: int | None = None) -> int:
-    hard = resource.getrlimit(which)[1]
-    if hard == resource.RLIM_INFINITY:
-        hard = 1 << 20
-    return min(hard, cap) if cap else hard
-
-
-def _cgroup_mounts() -> list[Path]:
-    """Every mounted cgroup hierarchy, v1 and v2 (podman uses both on a hybrid host)."""
-    points = []
-    for line in Path("/proc/self/mountinfo").read_text().splitlines():
-        pre, _, post = line.partition(" - ")
-        if post.split()[0] in ("cgroup", "cgroup2"):
-            points.append(Path(pre.split()[4]))
-    return points
 
 
 @dataclass
@@ -108,26 +90,10 @@ class Podman:
     image: str = ""
 
     def argv(self, *args: str) -> list[str]:
-        t = self.top
-        return [
-            "podman",
-            "--root", str(t / "storage"),
-            "--runroot", str(t / "run"),
-            "--tmpdir", str(t / "tmp"),
-            "--storage-driver", "vfs",
-            "--cgroup-manager", "cgroupfs",
-            "--events-backend", "file",
-            "--network-config-dir", str(t / "net"),
-            "--runtime", str(RUNTIME),
-            *args,
-        ]  # fmt: skip
+        return podman_argv(self.top, str(RUNTIME), *args)
 
     def env(self) -> dict[str, str]:
-        return {
-            **os.environ,
-            "CONTAINERS_CONF": str(self.top / "containers.conf"),
-            "TMPDIR": str(self.top / "tmp"),
-        }
+        return podman_env(self.top)
 
     def __call__(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
         """Run podman (output through files: conmon or a container may hold a pipe)."""
@@ -161,7 +127,7 @@ class Podman:
 
     def cgroup_dirs(self) -> list[Path]:
         rel = self.cgroup_parent.lstrip("/")
-        return [m / rel for m in _cgroup_mounts() if (m / rel).is_dir()]
+        return [m / rel for m in cgroup_mounts() if (m / rel).is_dir()]
 
     def pids_in_our_cgroups(self) -> set[int]:
         """conmon, the exit command and container processes: podman puts them all
@@ -210,21 +176,7 @@ class Podman:
         """rmdir our parent in every hierarchy, deepest first (never the host's)."""
         failed = []
         for top in self.cgroup_dirs():
-            dirs = sorted((p for p in top.rglob("*") if p.is_dir()), key=lambda p: -len(p.parts))
-            for d in [*dirs, top]:
-                for _ in range(50):
-                    try:
-                        d.rmdir()
-                        break
-                    except FileNotFoundError:
-                        break
-                    except OSError as exc:
-                        if exc.errno != errno.EBUSY:
-                            failed.append(f"{d}: {exc.strerror}")
-                            break
-                        time.sleep(0.02)
-                else:
-                    failed.append(f"{d}: still busy")
+            failed += remove_tree(top, tries=50)
         return failed
 
     def runtime_leftovers(self) -> list[str]:
@@ -236,20 +188,6 @@ class Podman:
                 if json.loads(state.read_text())["bundle"].startswith(f"{self.top}/"):
                     left.append(state.parent.name)
         return left
-
-
-def _write_containers_conf(top: Path) -> None:
-    nofile = _hard_limit(resource.RLIMIT_NOFILE)
-    nproc = _hard_limit(resource.RLIMIT_NPROC, PODMAN_NPROC)
-    (top / "containers.conf").write_text(
-        "[containers]\n"
-        "pids_limit = 0\n"
-        f'default_ulimits = ["nofile={nofile}:{nofile}", "nproc={nproc}:{nproc}"]\n'
-        "[engine]\n"
-        'lock_type = "file"\n'
-        'runtime_supports_json = ["pinnace-oci"]\n'
-        f'image_copy_tmp_dir = "{top / "tmp"}"\n'
-    )
 
 
 @pytest.fixture(scope="module")
@@ -272,7 +210,7 @@ def podman(fixture_images: FixtureImages) -> Iterator[Podman]:
     try:
         for sub in ("tmp", "net"):
             (top / sub).mkdir()
-        _write_containers_conf(top)
+        write_containers_conf(top, json_runtime="pinnace-oci")
         layout = fixture_images.layout.root
         # The oci: transport splits at the first colon; the rest must equal the
         # layout's org.opencontainers.image.ref.name, "busybox:latest".
