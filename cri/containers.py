@@ -307,6 +307,7 @@ class ContainerManager:
                 rootfs,
                 container_id=cid,
                 seccomp_root=self.deps.seccomp_root,
+                target_pidns=lambda target: self._target_pidns(target, sandbox.id),
             )
             with open(os.path.join(rec.bundle, "config.json"), "w") as f:
                 json.dump(spec, f)
@@ -341,6 +342,16 @@ class ContainerManager:
             raise
         self.on_event(cid, "created")
         return cid
+
+    def _target_pidns(self, target: str, sandbox_id: str) -> str:
+        """The pid namespace of a running container of the same pod, for NamespaceMode
+        TARGET (kubectl debug's ephemeral containers share their target's processes)."""
+        rec = self.get(target)
+        if rec.sandbox_id != sandbox_id:
+            raise InvalidArgument("the target container is in another pod", subject=target)
+        if rec.state != RUNNING or not rec.pid:
+            raise FailedPrecondition("the target container is not running", subject=target)
+        return f"/proc/{rec.pid}/ns/pid"
 
     def _image(self, ref: str) -> Any:
         from images.store import ImageNotFoundError, ImageStoreError

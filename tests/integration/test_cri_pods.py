@@ -288,3 +288,22 @@ def test_idempotent_calls_on_unknown_ids_succeed(cri_server: CRIServer):
     )
     assert not img.HasField("image")
     assert os.path.exists(cri_server.socket)
+
+
+def test_a_target_container_shares_its_pid_namespace(cri_server: CRIServer):
+    """kubectl debug: an ephemeral container with pid mode TARGET sees its target's processes."""
+    srv = cri_server
+    sid, pod = srv.run_pod(linux=_pid_namespace(api_pb2.CONTAINER))
+    target = srv.create_started(sid, pod, srv.container_config("app", ["sleep", "1000"]))
+    cfg = srv.container_config("debug", ["ps", "-o", "args"])
+    opts = cfg.linux.security_context.namespace_options
+    opts.pid = api_pb2.TARGET
+    opts.target_id = target
+    _st, out = run_to_exit(srv, sid, pod, cfg)
+    assert "sleep 1000" in out
+    bad = srv.container_config("debug2", ["true"])
+    bad.linux.security_context.namespace_options.pid = api_pb2.TARGET
+    bad.linux.security_context.namespace_options.target_id = "f" * 64
+    with pytest.raises(grpc.RpcError) as err:
+        srv.create(sid, pod, bad)
+    assert err.value.code() == grpc.StatusCode.NOT_FOUND
