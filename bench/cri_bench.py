@@ -662,14 +662,23 @@ def main(argv: list[str] | None = None) -> int:
     sys.path.insert(0, str(TOP))  # tests/ is not an installed package
     sys.path.insert(0, str(TOP / "bench"))  # cri_containerd, also when imported as a module
 
+    return guarded_run("pinnace-bench-cri-", lambda base, cleanups: run(args, base, cleanups))
+
+
+def guarded_run(
+    prefix: str, body: Callable[[Path, list[Callable[[], None]]], tuple[str, bool]]
+) -> int:
+    """Run a bench `body(base, cleanups)` in a fresh temp dir, then every clean-up it
+    registered (newest first) even on failure, Ctrl-C or SIGTERM; print its report."""
+
     def terminate(signum: int, frame: object) -> None:
         raise KeyboardInterrupt(f"signal {signum}")
 
     signal.signal(signal.SIGTERM, terminate)
-    base = Path(tempfile.mkdtemp(prefix="pinnace-bench-cri-"))
+    base = Path(tempfile.mkdtemp(prefix=prefix))
     cleanups: list[Callable[[], None]] = []
     try:
-        text, failed = run(args, base, cleanups)
+        text, failed = body(base, cleanups)
     finally:
         # Ctrl-C during clean-up would leak: ignore it until everything is gone
         old = signal.signal(signal.SIGINT, signal.SIG_IGN)

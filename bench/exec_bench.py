@@ -33,11 +33,8 @@ import contextlib
 import json
 import os
 import platform
-import shutil
-import signal
 import subprocess
 import sys
-import tempfile
 import time
 import uuid
 from collections.abc import Callable
@@ -481,27 +478,9 @@ def main(argv: list[str] | None = None) -> int:
     sys.path.insert(0, str(TOP))  # tests/ is not an installed package
     sys.path.insert(0, str(TOP / "bench"))  # cri_bench, cri_containerd
 
-    def terminate(signum: int, frame: object) -> None:
-        raise KeyboardInterrupt(f"signal {signum}")
+    from cri_bench import guarded_run
 
-    signal.signal(signal.SIGTERM, terminate)
-    base = Path(tempfile.mkdtemp(prefix="pinnace-bench-exec-"))
-    cleanups: list[Callable[[], None]] = []
-    try:
-        text, failed = run(args, base, cleanups)
-    finally:
-        # Ctrl-C during clean-up would leak: ignore it until everything is gone
-        old = signal.signal(signal.SIGINT, signal.SIG_IGN)
-        for fn in reversed(cleanups):
-            try:
-                fn()
-            except Exception as exc:
-                print(f"clean-up: {type(exc).__name__}: {exc}", file=sys.stderr)
-        subprocess.run(["umount", "-R", "-l", str(base)], capture_output=True, check=False)
-        shutil.rmtree(base, ignore_errors=True)
-        signal.signal(signal.SIGINT, old)
-    print(text)
-    return 1 if failed else 0
+    return guarded_run("pinnace-bench-exec-", lambda base, cleanups: run(args, base, cleanups))
 
 
 if __name__ == "__main__":
