@@ -8,7 +8,7 @@ import sys
 from runtime import launcher
 
 
-def _python_of(path) -> str:
+def _python_of(path):
     return path.read_text().splitlines()[0].removeprefix("#!").split()[0]
 
 
