@@ -389,23 +389,40 @@ def build_layout(dest: Path) -> Path:
     return dest
 
 
-def start_pinnace(base: Path, layout: Path, cgroup_parent: str) -> Any:
+def start_pinnace(
+    base: Path, layout: Path, target: Target, cleanups: list[Callable[[], None]]
+) -> Any:
+    """A private `pinnace cri` for `target`, with busybox in its store; its clean-up (every
+    pod through the CRI, the server, what a failure left) is registered first."""
     import yaml
 
     from images.archive import import_layout
     from images.store import ImageStore
-    from tests.fixtures.cri import CRIServer, server_settings
+    from tests.fixtures.cri import CRIServer, _leftover_cleanup, server_settings
 
+    srv: Any = None
+
+    def stop() -> None:
+        if srv is None:
+            return
+        target.remove_all()
+        with contextlib.suppress(Exception):
+            srv.stop()
+        _leftover_cleanup(srv)
+        subprocess.run(["umount", "-R", "-l", str(srv.base)], capture_output=True, check=False)
+
+    cleanups.append(stop)
     base.mkdir(parents=True)
-    settings = server_settings(base, cgroup_parent, log_level="info")
+    settings = server_settings(base, target.cgroup_parent, log_level="info")
     (base / "cri.yaml").write_text(yaml.safe_dump(settings))
     store = ImageStore(base / "images")
     try:
         import_layout(store, layout, refs=["busybox:latest"], name=BUSYBOX_IMAGE)
     finally:
         store.close()
-    srv = CRIServer(base, base / "cri.yaml", cgroup_parent, log_dir=base / "logs")
+    srv = CRIServer(base, base / "cri.yaml", target.cgroup_parent, log_dir=base / "logs")
     srv.start()
+    target.rt = srv.rt
     return srv
 
 
@@ -532,24 +549,9 @@ def run(
 
     pin = Target("pinnace", f"/pinnace-bench-{tag}/pods", base / "logs" / "pinnace")
     targets.append(pin)
-    srv: Any = None
     handle: Any = None
-
-    def stop_pinnace() -> None:
-        from tests.fixtures.cri import _leftover_cleanup
-
-        if srv is None:
-            return
-        pin.remove_all()
-        with contextlib.suppress(Exception):
-            srv.stop()
-        _leftover_cleanup(srv)
-        subprocess.run(["umount", "-R", "-l", str(srv.base)], capture_output=True, check=False)
-
-    cleanups.append(stop_pinnace)
     try:
-        srv = start_pinnace(base / "pinnace", layout, pin.cgroup_parent)
-        pin.rt = srv.rt
+        srv = start_pinnace(base / "pinnace", layout, pin, cleanups)
         pin.memory["version"] = f"python -m pinnace cri (server pid {srv.proc.pid})"
     except Exception as exc:
         pin.error = f"cannot start: {exc}"

@@ -33,7 +33,6 @@ import contextlib
 import json
 import os
 import platform
-import subprocess
 import sys
 import time
 import uuid
@@ -389,23 +388,8 @@ def run(
     runtimes: list[Runtime] = []
 
     pin = Target("pinnace", f"/pinnace-bench-exec-{tag}/pods", base / "logs" / "pinnace")
-    srv: Any = None
-
-    def stop_pinnace() -> None:
-        from tests.fixtures.cri import _leftover_cleanup
-
-        if srv is None:
-            return
-        pin.remove_all()
-        with contextlib.suppress(Exception):
-            srv.stop()
-        _leftover_cleanup(srv)
-        subprocess.run(["umount", "-R", "-l", str(srv.base)], capture_output=True, check=False)
-
-    cleanups.append(stop_pinnace)
     try:
-        srv = start_pinnace(base / "pinnace", layout, pin.cgroup_parent)
-        pin.rt = srv.rt
+        srv = start_pinnace(base / "pinnace", layout, pin, cleanups)
         versions["pinnace"] = f"python -m pinnace cri (server pid {srv.proc.pid})"
         runtimes.append(Runtime(pin))
     except Exception as exc:
