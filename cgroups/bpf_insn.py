@@ -15,8 +15,12 @@ from __future__ import annotations
 
 import struct
 import sys
-from collections.abc import Iterable
-from dataclasses import dataclass
+
+from namespaces.record import FrozenRecord
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Iterable
 
 # Instruction classes (the low 3 bits of code).
 BPF_LD = 0x00
@@ -86,17 +90,17 @@ class InsnError(ValueError):
     """An instruction field is out of range; names the field and the value."""
 
 
-@dataclass(frozen=True)
-class Insn:
+class Insn(FrozenRecord):
     """One eBPF instruction, as the fields of struct bpf_insn."""
 
-    code: int
-    dst: int = 0
-    src: int = 0
-    off: int = 0
-    imm: int = 0
+    __slots__ = ("code", "dst", "src", "off", "imm")  # noqa: RUF023
 
-    def __post_init__(self) -> None:
+    def __init__(self, code: int, dst: int = 0, src: int = 0, off: int = 0, imm: int = 0) -> None:
+        self.code = code
+        self.dst = dst
+        self.src = src
+        self.off = off
+        self.imm = imm
         if not 0 <= self.code <= 0xFF:
             raise InsnError(f"opcode {self.code:#x} is not a byte")
         for name, reg in (("dst", self.dst), ("src", self.src)):

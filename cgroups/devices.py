@@ -40,15 +40,19 @@ import ctypes
 import errno
 import os
 import struct
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Protocol
 
 from cgroups import bpf_insn as bi
 from cgroups.bpf_insn import Insn
+from namespaces.record import FrozenRecord
 from namespaces.syscalls import SyscallError
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Mapping, Sequence
+    from types import TracebackType
+    from typing import Any, Protocol, TypeGuard
+else:
+    Protocol = object  # typing costs every runtime verb ~9 ms; only mypy reads the protocol
 
 # bpf(2) commands (enum bpf_cmd, linux/bpf.h).
 BPF_PROG_LOAD = 5
@@ -95,17 +99,24 @@ class DeviceRuleError(ValueError):
         self.reason = message
 
 
-@dataclass(frozen=True)
-class DeviceRule:
+class DeviceRule(FrozenRecord):
     """One entry of linux.resources.devices; None for major/minor is the wildcard."""
 
-    allow: bool
-    type: str = "a"  # "a" (both), "b" (block) or "c" (char)
-    major: int | None = None
-    minor: int | None = None
-    access: str = "rwm"  # "" is a rule that grants or denies nothing
+    __slots__ = ("allow", "type", "major", "minor", "access")  # noqa: RUF023
 
-    def __post_init__(self) -> None:
+    def __init__(
+        self,
+        allow: bool,
+        type: str = "a",  # "a" (both), "b" (block) or "c" (char)
+        major: int | None = None,
+        minor: int | None = None,
+        access: str = "rwm",  # "" is a rule that grants or denies nothing
+    ) -> None:
+        self.allow = allow
+        self.type = type
+        self.major = major
+        self.minor = minor
+        self.access = access
         if not isinstance(self.allow, bool):
             raise DeviceRuleError(f"allow must be true or false, not {self.allow!r}")
         if self.type not in ("a", "b", "c"):
@@ -162,11 +173,30 @@ def _number(raw: object, name: str) -> int | None:
     return raw
 
 
+# isinstance against collections.abc (~2 ms to import) only for what JSON does not give.
+
+
+def _is_sequence(value: object) -> TypeGuard[Sequence[object]]:
+    if isinstance(value, (list, tuple)):
+        return True
+    from collections.abc import Sequence
+
+    return isinstance(value, Sequence)
+
+
+def _is_mapping(value: object) -> TypeGuard[Mapping[Any, Any]]:
+    if isinstance(value, dict):
+        return True
+    from collections.abc import Mapping
+
+    return isinstance(value, Mapping)
+
+
 def parse_rules(raw: object) -> list[DeviceRule]:
     """linux.resources.devices (decoded JSON) -> validated rules; errors name the index."""
     if raw is None:
         return []
-    if not isinstance(raw, Sequence) or isinstance(raw, (str, bytes)):
+    if not _is_sequence(raw) or isinstance(raw, (str, bytes)):
         raise DeviceRuleError(f"devices must be a list of rules, not {type(raw).__name__}")
     rules = []
     for index, entry in enumerate(raw):
@@ -178,7 +208,7 @@ def parse_rules(raw: object) -> list[DeviceRule]:
 
 
 def _parse_rule(entry: object) -> DeviceRule:
-    if not isinstance(entry, Mapping):
+    if not _is_mapping(entry):
         raise DeviceRuleError(f"must be an object, not {type(entry).__name__}")
     if "allow" not in entry:
         raise DeviceRuleError("'allow' is required")
@@ -221,13 +251,20 @@ DENY_ALL = DeviceRule(False, "a", None, None, "rwm")
 # --- the program -----------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class DeviceProgram:
+class DeviceProgram(FrozenRecord):
     """The compiled program and what it was compiled from."""
 
-    insns: tuple[Insn, ...]
-    rules: tuple[DeviceRule, ...]  # the rules that still matter, in spec order
-    default_allow: bool  # the verdict when none of them decides
+    __slots__ = ("insns", "rules", "default_allow")  # noqa: RUF023
+
+    def __init__(
+        self,
+        insns: tuple[Insn, ...],
+        rules: tuple[DeviceRule, ...],  # the rules that still matter, in spec order
+        default_allow: bool,  # the verdict when none of them decides
+    ) -> None:
+        self.insns = insns
+        self.rules = rules
+        self.default_allow = default_allow
 
     def encode(self) -> bytes:
         return bi.encode(self.insns)
@@ -337,22 +374,32 @@ class DeviceProgramError(OSError):
         self.verifier_log = verifier_log
 
 
-@dataclass(frozen=True)
-class ProgramInfo:
+class ProgramInfo(FrozenRecord):
     """What BPF_OBJ_GET_INFO_BY_FD says about a loaded program."""
 
-    id: int
-    type: int
-    tag: str  # hex of the kernel's hash of the instructions
-    name: str
+    __slots__ = ("id", "type", "tag", "name")  # noqa: RUF023
+
+    def __init__(
+        self,
+        id: int,
+        type: int,
+        tag: str,  # hex of the kernel's hash of the instructions
+        name: str,
+    ) -> None:
+        self.id = id
+        self.type = type
+        self.tag = tag
+        self.name = name
 
 
-@dataclass(frozen=True)
-class Attached:
+class Attached(FrozenRecord):
     """The device programs attached directly to one cgroup (not inherited ones)."""
 
-    attach_flags: int
-    prog_ids: tuple[int, ...]
+    __slots__ = ("attach_flags", "prog_ids")
+
+    def __init__(self, attach_flags: int, prog_ids: tuple[int, ...]) -> None:
+        self.attach_flags = attach_flags
+        self.prog_ids = prog_ids
 
 
 def _addr(buf: ctypes.Array[ctypes.c_char] | ctypes.Array[ctypes.c_uint32]) -> int:
@@ -409,11 +456,10 @@ def load_program(
         return fd  # the kernel changed its mind (e.g. a transient ENOMEM); use it
 
 
-@contextmanager
-def _bpf_step(path: str | None, what: str) -> Iterator[None]:
-    """Turn a SyscallError of one bpf(2) step into a DeviceProgramError with the path."""
+def _bpf_step(syscalls: BpfSyscall, cmd: int, attr: bytearray, path: str | None, what: str) -> int:
+    """One bpf(2) step; a SyscallError becomes a DeviceProgramError with the path."""
     try:
-        yield
+        return syscalls.bpf(cmd, attr)
     except SyscallError as exc:
         raise DeviceProgramError(exc.errno or errno.EIO, what, path) from exc
 
@@ -427,8 +473,7 @@ def attach_program(
     """
     attr = bytearray(20)
     struct.pack_into("=IIIII", attr, 0, cgroup_fd, prog_fd, BPF_CGROUP_DEVICE, BPF_F_ALLOW_MULTI, 0)
-    with _bpf_step(path, "attaching the device program"):
-        syscalls.bpf(BPF_PROG_ATTACH, attr)
+    _bpf_step(syscalls, BPF_PROG_ATTACH, attr, path, "attaching the device program")
 
 
 def detach_program(
@@ -437,8 +482,7 @@ def detach_program(
     """bpf(BPF_PROG_DETACH) of one program: with ALLOW_MULTI the program must be named."""
     attr = bytearray(20)
     struct.pack_into("=IIIII", attr, 0, cgroup_fd, prog_fd, BPF_CGROUP_DEVICE, 0, 0)
-    with _bpf_step(path, "detaching a device program"):
-        syscalls.bpf(BPF_PROG_DETACH, attr)
+    _bpf_step(syscalls, BPF_PROG_DETACH, attr, path, "detaching a device program")
 
 
 def query_programs(syscalls: BpfSyscall, cgroup_fd: int, *, path: str | None = None) -> Attached:
@@ -451,8 +495,7 @@ def query_programs(syscalls: BpfSyscall, cgroup_fd: int, *, path: str | None = N
             "=IIIIQI", attr, 0, cgroup_fd, BPF_CGROUP_DEVICE, 0, 0, _addr(ids), capacity
         )
         try:
-            with _bpf_step(path, "querying device programs"):
-                syscalls.bpf(BPF_PROG_QUERY, attr)
+            _bpf_step(syscalls, BPF_PROG_QUERY, attr, path, "querying device programs")
         except DeviceProgramError as exc:
             count = struct.unpack_from("=I", attr, 24)[0]
             if exc.errno == errno.ENOSPC and count > capacity:
@@ -467,8 +510,13 @@ def program_fd_by_id(syscalls: BpfSyscall, prog_id: int) -> int:
     """bpf(BPF_PROG_GET_FD_BY_ID): an fd on an attached program, to name it in a detach."""
     attr = bytearray(12)
     struct.pack_into("=III", attr, 0, prog_id, 0, 0)
-    with _bpf_step(f"bpf prog id {prog_id}", "opening a device program by id"):
-        return syscalls.bpf(BPF_PROG_GET_FD_BY_ID, attr)
+    return _bpf_step(
+        syscalls,
+        BPF_PROG_GET_FD_BY_ID,
+        attr,
+        f"bpf prog id {prog_id}",
+        "opening a device program by id",
+    )
 
 
 def program_info(syscalls: BpfSyscall, prog_fd: int) -> ProgramInfo:
@@ -476,8 +524,13 @@ def program_info(syscalls: BpfSyscall, prog_fd: int) -> ProgramInfo:
     info = ctypes.create_string_buffer(80)
     attr = bytearray(16)
     struct.pack_into("=IIQ", attr, 0, prog_fd, len(info), _addr(info))
-    with _bpf_step(f"bpf prog fd {prog_fd}", "reading device program info"):
-        syscalls.bpf(BPF_OBJ_GET_INFO_BY_FD, attr)
+    _bpf_step(
+        syscalls,
+        BPF_OBJ_GET_INFO_BY_FD,
+        attr,
+        f"bpf prog fd {prog_fd}",
+        "reading device program info",
+    )
     raw = info.raw
     ptype, pid = struct.unpack_from("=II", raw, 0)
     tag = raw[8:16].hex()
@@ -485,20 +538,34 @@ def program_info(syscalls: BpfSyscall, prog_fd: int) -> ProgramInfo:
     return ProgramInfo(pid, ptype, tag, name)
 
 
-@contextmanager
-def open_cgroup_dir(cgroup_dir: Path | str) -> Iterator[int]:
-    """An O_DIRECTORY fd on the cgroup: what attach, detach and query take as target."""
-    path = os.fspath(cgroup_dir)
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    except OSError as exc:
-        raise DeviceProgramError(
-            exc.errno or errno.EIO, "opening the cgroup directory", path
-        ) from exc
-    try:
-        yield fd
-    finally:
-        os.close(fd)
+class open_cgroup_dir:  # lower case: used as a function, like the @contextmanager it was
+    """An O_DIRECTORY fd on the cgroup: what attach, detach and query take as target.
+
+    `with open_cgroup_dir(path) as fd:`; a class rather than a @contextmanager
+    because contextlib costs every runtime verb ~3.5 ms to import.
+    """
+
+    __slots__ = ("fd",)
+
+    def __init__(self, cgroup_dir: str | os.PathLike[str]) -> None:
+        path = os.fspath(cgroup_dir)
+        try:
+            self.fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        except OSError as exc:
+            raise DeviceProgramError(
+                exc.errno or errno.EIO, "opening the cgroup directory", path
+            ) from exc
+
+    def __enter__(self) -> int:
+        return self.fd
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        os.close(self.fd)
 
 
 def _detach_by_id(syscalls: BpfSyscall, cgroup_fd: int, prog_id: int, path: str) -> bool:
@@ -521,7 +588,7 @@ def _detach_by_id(syscalls: BpfSyscall, cgroup_fd: int, prog_id: int, path: str)
 
 
 def apply_device_rules(
-    syscalls: BpfSyscall, cgroup_dir: Path | str, rules: Sequence[DeviceRule]
+    syscalls: BpfSyscall, cgroup_dir: str | os.PathLike[str], rules: Sequence[DeviceRule]
 ) -> ProgramInfo:
     """Make `rules` the cgroup's device policy; returns the new program's info.
 
@@ -558,14 +625,14 @@ def apply_device_rules(
     return info
 
 
-def attached_device_programs(syscalls: BpfSyscall, cgroup_dir: Path | str) -> Attached:
+def attached_device_programs(syscalls: BpfSyscall, cgroup_dir: str | os.PathLike[str]) -> Attached:
     """The device programs attached directly to the cgroup."""
     path = os.fspath(cgroup_dir)
     with open_cgroup_dir(path) as cgroup_fd:
         return query_programs(syscalls, cgroup_fd, path=path)
 
 
-def detach_device_programs(syscalls: BpfSyscall, cgroup_dir: Path | str) -> list[int]:
+def detach_device_programs(syscalls: BpfSyscall, cgroup_dir: str | os.PathLike[str]) -> list[int]:
     """Detach every device program attached directly to the cgroup; returns their ids.
 
     Removing the cgroup releases them too; this is for giving a cgroup back

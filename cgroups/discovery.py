@@ -8,63 +8,123 @@ to v1 hierarchies instead. Everything is read from the kernel's own files.
 
 from __future__ import annotations
 
-import enum
 import os
-from dataclasses import dataclass, field
-from pathlib import Path
 
-PROC_MOUNTINFO = Path("/proc/self/mountinfo")
-PROC_CGROUPS = Path("/proc/cgroups")
-PROC_SELF_CGROUP = Path("/proc/self/cgroup")
+from namespaces.record import FrozenRecord
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from pathlib import Path
+    from typing import ClassVar
+
+PROC_MOUNTINFO = "/proc/self/mountinfo"
+PROC_CGROUPS = "/proc/cgroups"
+PROC_SELF_CGROUP = "/proc/self/cgroup"
 
 
-class CgroupMode(enum.Enum):
-    UNIFIED = "unified"  # cgroup v2 only
-    HYBRID = "hybrid"  # v2 mounted beside v1 controller hierarchies
-    LEGACY = "legacy"  # v1 only
-    NONE = "none"
+class CgroupMode:
+    """How the host mounts cgroups: one of the four constants below, compared by identity.
+
+    A plain class rather than an enum.Enum (which costs the runtime's every verb
+    ~4 ms to import); `.value` and `.name` are as the Enum had them.
+    """
+
+    __slots__ = ("name", "value")
+    UNIFIED: ClassVar[CgroupMode]  # cgroup v2 only
+    HYBRID: ClassVar[CgroupMode]  # v2 mounted beside v1 controller hierarchies
+    LEGACY: ClassVar[CgroupMode]  # v1 only
+    NONE: ClassVar[CgroupMode]
+
+    def __init__(self, name: str, value: str) -> None:
+        self.name = name
+        self.value = value
+
+    def __repr__(self) -> str:
+        return f"<CgroupMode.{self.name}: {self.value!r}>"
+
+
+CgroupMode.UNIFIED = CgroupMode("UNIFIED", "unified")
+CgroupMode.HYBRID = CgroupMode("HYBRID", "hybrid")
+CgroupMode.LEGACY = CgroupMode("LEGACY", "legacy")
+CgroupMode.NONE = CgroupMode("NONE", "none")
 
 
 class CgroupDiscoveryError(Exception):
     """The cgroup hierarchy could not be found or read; carries the path concerned."""
 
-    def __init__(self, message: str, path: Path | None = None) -> None:
+    def __init__(self, message: str, path: str | os.PathLike[str] | None = None) -> None:
         super().__init__(f"{message}: {path}" if path else message)
         self.path = path
 
 
-@dataclass(frozen=True)
-class Mount:
+class Mount(FrozenRecord):
     """One line of /proc/self/mountinfo, the fields Pinnace needs."""
 
-    root: str
-    mount_point: str
-    fstype: str
-    source: str
-    options: frozenset[str]
-    super_options: frozenset[str]
+    __slots__ = ("root", "mount_point", "fstype", "source", "options", "super_options")  # noqa: RUF023
+
+    def __init__(
+        self,
+        root: str,
+        mount_point: str,
+        fstype: str,
+        source: str,
+        options: frozenset[str],
+        super_options: frozenset[str],
+    ) -> None:
+        self.root = root
+        self.mount_point = mount_point
+        self.fstype = fstype
+        self.source = source
+        self.options = options
+        self.super_options = super_options
 
 
-@dataclass(frozen=True)
-class CgroupHierarchy:
-    """The unified hierarchy as this process sees it."""
+class CgroupHierarchy(FrozenRecord):
+    """The unified hierarchy as this process sees it.
 
-    mode: CgroupMode
-    mount_point: Path | None
-    mount_root: str  # cgroup path of the mount's root (not "/" inside a cgroup ns or bind)
-    controllers: frozenset[str]  # in the root's cgroup.controllers
-    own_cgroup: str | None  # "0::" path from /proc/self/cgroup
-    v1_controllers: frozenset[str] = field(default_factory=frozenset)  # bound to v1
+    The mount point is kept as a str (`mount_dir`, what the cgroup manager uses);
+    `mount_point` and `own_path` give pathlib.Path for the callers that want one.
+    """
+
+    __slots__ = ("mode", "mount_dir", "mount_root", "controllers", "own_cgroup", "v1_controllers")  # noqa: RUF023
+
+    def __init__(
+        self,
+        mode: CgroupMode,
+        mount_point: str | os.PathLike[str] | None,
+        mount_root: str,  # cgroup path of the mount's root (not "/" inside a cgroup ns or bind)
+        controllers: frozenset[str],  # in the root's cgroup.controllers
+        own_cgroup: str | None,  # "0::" path from /proc/self/cgroup
+        v1_controllers: frozenset[str] = frozenset(),  # bound to v1
+    ) -> None:
+        self.mode = mode
+        self.mount_dir = None if mount_point is None else os.fspath(mount_point)
+        self.mount_root = mount_root
+        self.controllers = controllers
+        self.own_cgroup = own_cgroup
+        self.v1_controllers = v1_controllers
+
+    @property
+    def mount_point(self) -> Path | None:
+        from pathlib import Path
+
+        return None if self.mount_dir is None else Path(self.mount_dir)
 
     @property
     def own_path(self) -> Path | None:
         """This process's cgroup directory, if it is visible through the mount."""
-        if self.mount_point is None or self.own_cgroup is None:
+        mount_point = self.mount_point
+        if mount_point is None or self.own_cgroup is None:
             return None
         rel = os.path.relpath(self.own_cgroup, self.mount_root)
         if rel.startswith(".."):
             return None
-        return (self.mount_point / rel).resolve() if rel != "." else self.mount_point
+        return (mount_point / rel).resolve() if rel != "." else mount_point
+
+
+def _read_text(path: str | os.PathLike[str]) -> str:
+    with open(path) as f:  # as Path.read_text(): the locale's encoding
+        return f.read()
 
 
 def _unescape(field_: str) -> str:
@@ -135,21 +195,21 @@ def choose_unified_mount(mounts: list[Mount]) -> Mount | None:
 
 
 def discover(
-    mountinfo: Path = PROC_MOUNTINFO,
-    proc_cgroups: Path = PROC_CGROUPS,
-    self_cgroup: Path = PROC_SELF_CGROUP,
+    mountinfo: str | os.PathLike[str] = PROC_MOUNTINFO,
+    proc_cgroups: str | os.PathLike[str] = PROC_CGROUPS,
+    self_cgroup: str | os.PathLike[str] = PROC_SELF_CGROUP,
 ) -> CgroupHierarchy:
     """Read the kernel's files and describe the unified hierarchy."""
     try:
-        mounts = parse_mountinfo(mountinfo.read_text())
+        mounts = parse_mountinfo(_read_text(mountinfo))
     except OSError as exc:
         raise CgroupDiscoveryError(f"cannot read mount table ({exc.strerror})", mountinfo) from exc
     try:
-        v1 = parse_proc_cgroups(proc_cgroups.read_text())
+        v1 = parse_proc_cgroups(_read_text(proc_cgroups))
     except OSError:
         v1 = frozenset()
     try:
-        own = parse_self_cgroup(self_cgroup.read_text())
+        own = parse_self_cgroup(_read_text(self_cgroup))
     except OSError:
         own = None
     unified = choose_unified_mount(mounts)
@@ -157,10 +217,10 @@ def discover(
     if unified is None:
         mode = CgroupMode.LEGACY if has_v1 else CgroupMode.NONE
         return CgroupHierarchy(mode, None, "/", frozenset(), own, v1 if has_v1 else frozenset())
-    point = Path(unified.mount_point)
-    ctl_file = point / "cgroup.controllers"
+    point = unified.mount_point
+    ctl_file = os.path.join(point, "cgroup.controllers")
     try:
-        controllers = frozenset(ctl_file.read_text().split())
+        controllers = frozenset(_read_text(ctl_file).split())
     except OSError as exc:
         raise CgroupDiscoveryError(f"cannot read controllers ({exc.strerror})", ctl_file) from exc
     v1_bound = v1 if has_v1 else frozenset()

@@ -9,14 +9,20 @@ cgroup v1 hierarchy" rather than ENOENT on memory.max.
 from __future__ import annotations
 
 import os
-from pathlib import Path
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from pathlib import Path
 
 
 class CgroupError(Exception):
     """Base of every cgroup manager failure; `path` is the cgroup dir or file concerned."""
 
     def __init__(self, message: str, path: str | os.PathLike[str] | None = None) -> None:
-        self.path = Path(path) if path is not None else None
+        # pathlib only on failure: importing it costs every runtime verb ~10 ms.
+        from pathlib import Path
+
+        self.path: Path | None = Path(path) if path is not None else None
         super().__init__(f"{message} ({self.path})" if self.path is not None else message)
 
 

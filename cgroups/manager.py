@@ -19,12 +19,7 @@ from __future__ import annotations
 
 import errno
 import os
-import signal
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
 
 from cgroups.discovery import PROC_CGROUPS, CgroupHierarchy, discover
 from cgroups.errors import (
@@ -51,16 +46,27 @@ from cgroups.resources import (
     swap_max_value,
     unified_controller,
 )
+from namespaces.record import FrozenRecord, Record
 from namespaces.syscalls import SyscallError, Syscalls, libc
 
+TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from collections.abc import Callable, Iterator
+    from pathlib import Path
+    from typing import Protocol
+
     from cgroups.stats import CgroupStats
+else:
+    Protocol = object  # only mypy reads the protocol; typing costs each runtime verb ~9 ms
 
 # cgroups.events and cgroups.stats are imported by the methods that use them: creating
 # a container needs neither, and they cost it ~10 ms of imports (pinnace-oci create).
+# Likewise paths are str here, not pathlib.Path (~10 ms): `CgroupV2Manager.dir` is the
+# cgroup directory; `.path` makes a Path of it for the callers that want one.
 
-SYS_DEV_BLOCK = Path("/sys/dev/block")
+SYS_DEV_BLOCK = "/sys/dev/block"
 DEFAULT_TIMEOUT = 10.0  # seconds for freeze/thaw/destroy waits
+SIGKILL = 9  # signal.SIGKILL on Linux; the signal module imports enum (~4 ms)
 
 # The order controllers are checked in, so the error for a set missing
 # several names the same one every time.
@@ -75,7 +81,7 @@ class CgroupManager(Protocol):
     def exists(self) -> bool: ...
     def create(self, resources: Resources | None = None) -> None: ...
     def add_process(self, pid: int) -> None: ...
-    def fork_into(self) -> int | None: ...
+    def fork_into(self, flags: int = 0) -> int | None: ...
     def apply(self, resources: Resources) -> None: ...
     def stats(self) -> CgroupStats: ...
     def freeze(self, timeout: float = DEFAULT_TIMEOUT) -> None: ...
@@ -89,7 +95,7 @@ class CgroupManager(Protocol):
 # --- small file helpers ---------------------------------------------------------------
 
 
-def write_file(path: Path, value: str) -> None:
+def write_file(path: str | os.PathLike[str], value: str) -> None:
     """One write(2) of `value` to an existing cgroup file (never O_CREAT: cgroupfs has no new files)."""
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
@@ -103,17 +109,22 @@ def write_file(path: Path, value: str) -> None:
         os.close(fd)
 
 
-def _read_words(path: Path) -> frozenset[str]:
+def _read_text(path: str) -> str:
+    with open(path) as f:  # as Path.read_text(): the locale's encoding
+        return f.read()
+
+
+def _read_words(path: str) -> frozenset[str]:
     try:
-        return frozenset(path.read_text().split())
+        return frozenset(_read_text(path).split())
     except FileNotFoundError:
         return frozenset()
 
 
-def read_procs(cgroup: Path) -> list[int]:
+def read_procs(cgroup: str | os.PathLike[str]) -> list[int]:
     """PIDs in cgroup.procs of one cgroup (not its children)."""
     try:
-        text = (cgroup / "cgroup.procs").read_text()
+        text = _read_text(os.path.join(cgroup, "cgroup.procs"))
     except FileNotFoundError:
         raise CgroupNotFound("cgroup does not exist", cgroup) from None
     except OSError as exc:
@@ -123,19 +134,20 @@ def read_procs(cgroup: Path) -> list[int]:
     return [int(line) for line in text.split()]
 
 
-def walk_cgroups(top: Path) -> Iterator[Path]:
+def walk_cgroups(top: str | os.PathLike[str]) -> Iterator[str]:
     """`top` and every cgroup below it, children before their parents (rmdir order)."""
+    top = os.fspath(top)
     try:
         entries = list(os.scandir(top))
     except FileNotFoundError:
         return
     for entry in entries:
         if entry.is_dir(follow_symlinks=False):
-            yield from walk_cgroups(Path(entry.path))
+            yield from walk_cgroups(entry.path)
     yield top
 
 
-def cgroup_dir(mount_point: Path, path: str) -> Path:
+def cgroup_dir(mount_point: str | os.PathLike[str], path: str) -> str:
     """The directory of cgroup `path` (relative to the mount, leading '/' optional).
 
     '..' is refused rather than resolved: a cgroup path comes from a
@@ -146,10 +158,12 @@ def cgroup_dir(mount_point: Path, path: str) -> Path:
         raise CgroupPathError("refusing to manage the hierarchy's root cgroup", mount_point)
     if ".." in parts or any("\0" in p for p in parts):
         raise CgroupPathError(f"cgroup path {path!r} may not contain '..'", mount_point)
-    return mount_point.joinpath(*parts)
+    return os.path.join(mount_point, *parts)
 
 
-def unavailable_reason(controller: str, mount_point: Path, proc_cgroups: str | None) -> str:
+def unavailable_reason(
+    controller: str, mount_point: str | os.PathLike[str], proc_cgroups: str | None
+) -> str:
     """Why `controller` is not in the hierarchy root's cgroup.controllers, from /proc/cgroups.
 
     /proc/cgroups lists every controller the kernel has, with the v1
@@ -176,37 +190,50 @@ def unavailable_reason(controller: str, mount_point: Path, proc_cgroups: str | N
 # --- planning the writes ---------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class CgroupView:
+class CgroupView(FrozenRecord):
     """What one cgroup offers, read once before planning: its files and enabled controllers."""
 
-    path: Path
-    files: frozenset[str]
-    controllers: frozenset[str]
-    sys_dev_block: Path = SYS_DEV_BLOCK
+    __slots__ = ("path", "files", "controllers", "sys_dev_block")  # noqa: RUF023
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        files: frozenset[str],
+        controllers: frozenset[str],
+        sys_dev_block: str | os.PathLike[str] = SYS_DEV_BLOCK,
+    ) -> None:
+        self.path = os.fspath(path)
+        self.files = files
+        self.controllers = controllers
+        self.sys_dev_block = os.fspath(sys_dev_block)
 
     @classmethod
-    def read(cls, path: Path, sys_dev_block: Path = SYS_DEV_BLOCK) -> CgroupView:
+    def read(
+        cls, path: str | os.PathLike[str], sys_dev_block: str | os.PathLike[str] = SYS_DEV_BLOCK
+    ) -> CgroupView:
         try:
             files = frozenset(e.name for e in os.scandir(path) if e.is_file())
         except FileNotFoundError:
             raise CgroupNotFound("cgroup does not exist", path) from None
-        return cls(path, files, _read_words(path / "cgroup.controllers"), sys_dev_block)
+        controllers = _read_words(os.path.join(path, "cgroup.controllers"))
+        return cls(path, files, controllers, sys_dev_block)
 
 
-@dataclass
-class WriteBatch:
+class WriteBatch(Record):
     """Writes planned by the apply_* functions; nothing touches the kernel before commit()."""
 
-    view: CgroupView
-    writes: list[tuple[str, str]] = field(default_factory=list)
+    __slots__ = ("view", "writes")
+
+    def __init__(self, view: CgroupView, writes: list[tuple[str, str]] | None = None) -> None:
+        self.view = view
+        self.writes: list[tuple[str, str]] = [] if writes is None else writes
 
     def has(self, name: str) -> bool:
         return name in self.view.files
 
     def writable(self, name: str) -> bool:
         try:
-            return bool(os.stat(self.view.path / name).st_mode & 0o222)
+            return bool(os.stat(os.path.join(self.view.path, name)).st_mode & 0o222)
         except FileNotFoundError:
             return False
 
@@ -225,10 +252,10 @@ class WriteBatch:
 
     def check_block_device(self, field_: str, major: int, minor: int) -> None:
         """io limits name whole disks the kernel knows; say so now, not as ENODEV mid-apply."""
-        dev = self.view.sys_dev_block / f"{major}:{minor}"
-        if not dev.exists():
+        dev = os.path.join(self.view.sys_dev_block, f"{major}:{minor}")
+        if not os.path.exists(dev):
             raise ResourceError(field_, f"no block device {major}:{minor} on this host", None)
-        if (dev / "partition").exists():
+        if os.path.exists(os.path.join(dev, "partition")):
             raise ResourceError(
                 field_, f"{major}:{minor} is a partition; io limits apply to whole disks", None
             )
@@ -237,15 +264,16 @@ class WriteBatch:
         done: list[str] = []
         for name, value in self.writes:
             try:
-                write_file(self.view.path / name, value)
+                write_file(os.path.join(self.view.path, name), value)
             except CgroupWriteError as exc:
                 raise CgroupWriteError(
-                    self.view.path / name, value, exc.errno, written=tuple(done)
+                    os.path.join(self.view.path, name), value, exc.errno, written=tuple(done)
                 ) from exc
             done.append(name)
 
 
-Applier = Callable[[WriteBatch, Resources], None]
+if TYPE_CHECKING:
+    Applier = Callable[[WriteBatch, Resources], None]
 
 
 def apply_pids_max(b: WriteBatch, r: Resources) -> None:
@@ -450,12 +478,12 @@ def plan(view: CgroupView, resources: Resources) -> WriteBatch:
     return batch
 
 
-def check_memory_usage(cgroup: Path, m: Memory | None) -> None:
+def check_memory_usage(cgroup: str | os.PathLike[str], m: Memory | None) -> None:
     """OCI checkBeforeUpdate: refuse a limit at or below what the cgroup already uses."""
     if m is None or not m.check_before_update:
         return
     try:
-        usage = int((cgroup / "memory.current").read_text())
+        usage = int(_read_text(os.path.join(cgroup, "memory.current")))
     except FileNotFoundError:
         return
     if m.limit and m.limit > 0 and usage >= m.limit:
@@ -466,7 +494,7 @@ def check_memory_usage(cgroup: Path, m: Memory | None) -> None:
             cgroup,
         )
     try:
-        swap_usage = int((cgroup / "memory.swap.current").read_text())
+        swap_usage = int(_read_text(os.path.join(cgroup, "memory.swap.current")))
     except FileNotFoundError:
         return
     if m.swap and m.swap > 0 and usage + swap_usage >= m.swap:
@@ -497,24 +525,27 @@ class CgroupV2Manager:
         hierarchy: CgroupHierarchy | None = None,
         *,
         sys: Syscalls | None = None,
-        proc_cgroups: Path = PROC_CGROUPS,
-        sys_dev_block: Path = SYS_DEV_BLOCK,
+        proc_cgroups: str | os.PathLike[str] = PROC_CGROUPS,
+        sys_dev_block: str | os.PathLike[str] = SYS_DEV_BLOCK,
     ) -> None:
         self.hierarchy = hierarchy or discover()
-        if self.hierarchy.mount_point is None:
+        if self.hierarchy.mount_dir is None:
             raise CgroupError("no cgroup v2 hierarchy is mounted (a cgroup v1-only host)")
-        self.mount_point = self.hierarchy.mount_point
-        self._path = cgroup_dir(self.mount_point, path)
+        self.mount_dir = self.hierarchy.mount_dir
+        self.dir = cgroup_dir(self.mount_dir, path)  # the cgroup directory
         self._sys = sys
         self._proc_cgroups = proc_cgroups
         self._sys_dev_block = sys_dev_block
 
     def __repr__(self) -> str:
-        return f"CgroupV2Manager({str(self._path)!r})"
+        return f"CgroupV2Manager({self.dir!r})"
 
     @property
     def path(self) -> Path:
-        return self._path
+        """The cgroup directory as a Path (`dir` is the str, without importing pathlib)."""
+        from pathlib import Path
+
+        return Path(self.dir)
 
     @property
     def sys(self) -> Syscalls:
@@ -523,25 +554,26 @@ class CgroupV2Manager:
         return self._sys
 
     def exists(self) -> bool:
-        return self._path.is_dir()
+        return os.path.isdir(self.dir)
 
     def _require(self) -> None:
-        if not self._path.is_dir():
-            raise CgroupNotFound("cgroup does not exist", self._path)
+        if not os.path.isdir(self.dir):
+            raise CgroupNotFound("cgroup does not exist", self.dir)
 
     # -- controllers --
 
-    def _ancestors(self) -> list[Path]:
+    def _ancestors(self) -> list[str]:
         """The mount point and every directory between it and this cgroup (not the cgroup)."""
-        rel = self._path.relative_to(self.mount_point).parts
-        return [self.mount_point.joinpath(*rel[:i]) for i in range(len(rel))]
+        rel = os.path.relpath(self.dir, self.mount_dir).split(os.sep)
+        return [os.path.join(self.mount_dir, *rel[:i]) for i in range(len(rel))]
 
-    def _is_real_root(self, d: Path) -> bool:
-        return d == self.mount_point and self.hierarchy.mount_root == "/"
+    def _is_real_root(self, d: str) -> bool:
+        return d == self.mount_dir and self.hierarchy.mount_root == "/"
 
     def _proc_cgroups_text(self) -> str | None:
         try:
-            return self._proc_cgroups.read_text()
+            with open(self._proc_cgroups) as f:
+                return f.read()
         except OSError:
             return None
 
@@ -553,20 +585,20 @@ class CgroupV2Manager:
         if not needed:
             return
         ordered = sorted(needed, key=lambda c: (_order(c), c))
-        available = _read_words(self.mount_point / "cgroup.controllers")
+        available = _read_words(os.path.join(self.mount_dir, "cgroup.controllers"))
         for ctl in ordered:
             if ctl not in available:
-                reason = unavailable_reason(ctl, self.mount_point, self._proc_cgroups_text())
-                raise ControllerUnavailable(ctl, self._path, reason)
+                reason = unavailable_reason(ctl, self.mount_dir, self._proc_cgroups_text())
+                raise ControllerUnavailable(ctl, self.dir, reason)
         for d in self._ancestors():
-            if not d.is_dir():
+            if not os.path.isdir(d):
                 break  # created empty by create()
-            missing = needed - _read_words(d / "cgroup.subtree_control")
+            missing = needed - _read_words(os.path.join(d, "cgroup.subtree_control"))
             if missing and not self._is_real_root(d) and read_procs(d):
                 ctl = min(missing, key=_order)
                 raise ControllerUnavailable(
                     ctl,
-                    self._path,
+                    self.dir,
                     f"{d} has processes of its own, so it cannot enable {ctl} for its"
                     " children (cgroup v2's no-internal-process rule)",
                 )
@@ -576,10 +608,10 @@ class CgroupV2Manager:
         if not needed:
             return
         for d in self._ancestors():
-            missing = needed - _read_words(d / "cgroup.subtree_control")
+            missing = needed - _read_words(os.path.join(d, "cgroup.subtree_control"))
             if missing:
                 value = " ".join(f"+{c}" for c in sorted(missing, key=_order))
-                write_file(d / "cgroup.subtree_control", value)
+                write_file(os.path.join(d, "cgroup.subtree_control"), value)
 
     # -- lifecycle --
 
@@ -598,22 +630,22 @@ class CgroupV2Manager:
             _rmdirs(created)
             raise
 
-    def _mkdirs(self) -> list[Path]:
+    def _mkdirs(self) -> list[str]:
         """mkdir this cgroup, and its missing parents if any; returns what it created."""
         try:
-            os.mkdir(self._path, 0o755)  # the common case: one syscall
-            return [self._path]
+            os.mkdir(self.dir, 0o755)  # the common case: one syscall
+            return [self.dir]
         except FileExistsError:
             return []
         except FileNotFoundError:
             pass  # a parent is missing
         except OSError as exc:
             raise CgroupError(
-                f"cannot create cgroup: {os.strerror(exc.errno or 0)}", self._path
+                f"cannot create cgroup: {os.strerror(exc.errno or 0)}", self.dir
             ) from exc
-        created: list[Path] = []
+        created: list[str] = []
         try:
-            for d in [*self._ancestors()[1:], self._path]:
+            for d in [*self._ancestors()[1:], self.dir]:
                 try:
                     os.mkdir(d, 0o755)
                     created.append(d)
@@ -628,11 +660,12 @@ class CgroupV2Manager:
             raise
         return created
 
-    def fork_into(self) -> int | None:
+    def fork_into(self, flags: int = 0) -> int | None:
         """fork(), the child born in this cgroup (clone3 CLONE_INTO_CGROUP, Linux >= 5.7):
         the child's PID in the parent, 0 in the child; None where that cannot be done
         (an older kernel, clone3 refused by a seccomp profile, or more than one thread
-        here): fork and add_process() then.
+        here): fork and add_process() then. `flags` (CLONE_NEW*) has the child born in
+        new namespaces too (see Libc.fork_into_cgroup).
 
         Moving a process in later (add_process) takes the kernel's threadgroup lock for
         writing, which waits for an RCU grace period: ~10-30 ms of every container start
@@ -643,17 +676,17 @@ class CgroupV2Manager:
         if len(os.listdir("/proc/self/task")) != 1:
             return None
         try:
-            fd = os.open(self._path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            fd = os.open(self.dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         except FileNotFoundError:
-            raise CgroupNotFound("cgroup does not exist", self._path) from None
+            raise CgroupNotFound("cgroup does not exist", self.dir) from None
         try:
-            return self.sys.fork_into_cgroup(fd)
+            return self.sys.fork_into_cgroup(fd, flags)
         except SyscallError as exc:
             if exc.errno in (errno.ENOSYS, errno.E2BIG):  # no clone3, or no CLONE_INTO_CGROUP
                 return None
             raise CgroupError(
                 f"cannot start a process in the cgroup: {os.strerror(exc.errno or 0)}",
-                self._path,
+                self.dir,
             ) from exc
         finally:
             os.close(fd)
@@ -663,14 +696,14 @@ class CgroupV2Manager:
         self._require()
         for attempt in range(5):
             try:
-                write_file(self._path / "cgroup.procs", str(pid))
+                write_file(os.path.join(self.dir, "cgroup.procs"), str(pid))
                 return
             except CgroupWriteError as exc:
                 # EINVAL can be a task still being forked (TASK_NEW): try again shortly.
                 if exc.errno != errno.EINVAL or attempt == 4:
                     if exc.errno == errno.ESRCH:
                         raise CgroupWriteError(
-                            exc.path or self._path, str(pid), exc.errno, f"no process {pid}"
+                            exc.path or self.dir, str(pid), exc.errno, f"no process {pid}"
                         ) from exc
                     raise
                 time.sleep(0.03)
@@ -681,22 +714,22 @@ class CgroupV2Manager:
         needed = needed_controllers(resources)
         self.check_controllers(needed)
         self.enable_controllers(needed)
-        batch = plan(CgroupView.read(self._path, self._sys_dev_block), resources)
-        check_memory_usage(self._path, resources.memory)
+        batch = plan(CgroupView.read(self.dir, self._sys_dev_block), resources)
+        check_memory_usage(self.dir, resources.memory)
         batch.commit()
 
     def stats(self) -> CgroupStats:
         from cgroups.stats import read_stats
 
-        return read_stats(self._path)
+        return read_stats(self.path)
 
     def pids(self, recursive: bool = False) -> list[int]:
         """PIDs in this cgroup (and, if `recursive`, in every cgroup below it), sorted."""
         self._require()
         if not recursive:
-            return sorted(read_procs(self._path))
+            return sorted(read_procs(self.dir))
         out: list[int] = []
-        for d in walk_cgroups(self._path):
+        for d in walk_cgroups(self.dir):
             try:
                 out += read_procs(d)
             except CgroupNotFound:
@@ -714,12 +747,12 @@ class CgroupV2Manager:
         from cgroups.events import wait_for_event
 
         self._require()
-        write_file(self._path / "cgroup.freeze", "1")
+        write_file(os.path.join(self.dir, "cgroup.freeze"), "1")
         try:
-            wait_for_event(self._path, "frozen", 1, timeout)
+            wait_for_event(self.path, "frozen", 1, timeout)
         except CgroupTimeout:
             try:
-                write_file(self._path / "cgroup.freeze", "0")
+                write_file(os.path.join(self.dir, "cgroup.freeze"), "0")
             except CgroupError:
                 pass
             raise
@@ -729,13 +762,13 @@ class CgroupV2Manager:
         from cgroups.events import wait_for_event
 
         self._require()
-        write_file(self._path / "cgroup.freeze", "0")
-        wait_for_event(self._path, "frozen", 0, timeout)
+        write_file(os.path.join(self.dir, "cgroup.freeze"), "0")
+        wait_for_event(self.path, "frozen", 0, timeout)
 
     def frozen(self) -> bool:
         from cgroups.events import read_cgroup_events
 
-        return read_cgroup_events(self._path).get("frozen") == 1
+        return read_cgroup_events(self.path).get("frozen") == 1
 
     # -- killing and removal --
 
@@ -745,8 +778,9 @@ class CgroupV2Manager:
         Returns without waiting for the processes to die; destroy() waits.
         """
         self._require()
-        if (self._path / "cgroup.kill").exists():
-            write_file(self._path / "cgroup.kill", "1")
+        kill_file = os.path.join(self.dir, "cgroup.kill")
+        if os.path.exists(kill_file):
+            write_file(kill_file, "1")
         else:
             self.kill_each()
 
@@ -758,15 +792,16 @@ class CgroupV2Manager:
         """
         from cgroups.events import wait_for_event
 
-        can_freeze = (self._path / "cgroup.freeze").exists()
+        freeze_file = os.path.join(self.dir, "cgroup.freeze")
+        can_freeze = os.path.exists(freeze_file)
         if can_freeze:
-            write_file(self._path / "cgroup.freeze", "1")
+            write_file(freeze_file, "1")
             try:
-                wait_for_event(self._path, "frozen", 1, 1.0)
+                wait_for_event(self.path, "frozen", 1, 1.0)
             except CgroupTimeout:
                 pass  # kill what is there anyway; SIGKILL reaches frozen tasks
         try:
-            for d in walk_cgroups(self._path):
+            for d in walk_cgroups(self.dir):
                 try:
                     pids = read_procs(d)
                 except CgroupNotFound:
@@ -776,11 +811,11 @@ class CgroupV2Manager:
         finally:
             if can_freeze:
                 try:
-                    write_file(self._path / "cgroup.freeze", "0")
+                    write_file(freeze_file, "0")
                 except CgroupError:
                     pass
 
-    def _kill_pid(self, cgroup: Path, pid: int) -> None:
+    def _kill_pid(self, cgroup: str, pid: int) -> None:
         try:
             fd = self.sys.pidfd_open(pid)
         except OSError as exc:
@@ -789,7 +824,7 @@ class CgroupV2Manager:
             if exc.errno != errno.ENOSYS:
                 raise
             try:  # kernels before 5.3 have no pidfd: a small PID-reuse window remains
-                os.kill(pid, signal.SIGKILL)
+                os.kill(pid, SIGKILL)
             except ProcessLookupError:
                 pass
             return
@@ -797,7 +832,7 @@ class CgroupV2Manager:
             if pid not in read_procs(cgroup):
                 return
             try:
-                self.sys.pidfd_send_signal(fd, signal.SIGKILL)
+                self.sys.pidfd_send_signal(fd, SIGKILL)
             except OSError as exc:
                 if exc.errno != errno.ESRCH:
                     raise
@@ -812,53 +847,54 @@ class CgroupV2Manager:
         last process has exited.
         """
         try:
-            os.rmdir(self._path)  # an empty leaf goes with one syscall
+            os.rmdir(self.dir)  # an empty leaf goes with one syscall
             return
         except FileNotFoundError:
             return
         except OSError as exc:
             if exc.errno != errno.EBUSY:  # populated, or has children: the long way
                 raise CgroupError(
-                    f"cannot remove cgroup: {os.strerror(exc.errno or 0)}", self._path
+                    f"cannot remove cgroup: {os.strerror(exc.errno or 0)}", self.dir
                 ) from exc
         from cgroups.events import read_cgroup_events, wait_for_event
 
+        path = self.path
         deadline = time.monotonic() + timeout
         while True:
             try:
-                if read_cgroup_events(self._path).get("populated"):
+                if read_cgroup_events(path).get("populated"):
                     self.kill()
                     remaining = max(0.0, deadline - time.monotonic())
-                    wait_for_event(self._path, "populated", 0, remaining)
+                    wait_for_event(path, "populated", 0, remaining)
                 self._remove_tree()
                 return
             except CgroupNotFound:
                 return
             except CgroupWriteError:
-                if not self._path.is_dir():
+                if not os.path.isdir(self.dir):
                     return  # removed by someone else meanwhile
                 raise
             except OSError as exc:
                 # EBUSY: a process joined between the check and the rmdir; go again.
                 if exc.errno != errno.EBUSY:
                     raise CgroupError(
-                        f"cannot remove cgroup: {os.strerror(exc.errno or 0)}", self._path
+                        f"cannot remove cgroup: {os.strerror(exc.errno or 0)}", self.dir
                     ) from exc
                 if time.monotonic() >= deadline:
                     raise CgroupTimeout(
-                        "the cgroup to become removable", self._path, timeout
+                        "the cgroup to become removable", self.dir, timeout
                     ) from exc
                 time.sleep(0.01)
 
     def _remove_tree(self) -> None:
-        for d in walk_cgroups(self._path):
+        for d in walk_cgroups(self.dir):
             try:
                 os.rmdir(d)
             except FileNotFoundError:
                 continue
 
 
-def _rmdirs(created: list[Path]) -> None:
+def _rmdirs(created: list[str]) -> None:
     """Undo a partial create(): remove what it made, deepest first."""
     for d in reversed(created):
         try:

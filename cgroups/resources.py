@@ -17,16 +17,18 @@ properties are ignored, as the spec requires of runtimes. Device rules
 from __future__ import annotations
 
 import math
-import re
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
-from functools import partial
-from typing import Any, TypeVar
 
 from cgroups.errors import ResourceError
+from namespaces.record import FrozenRecord
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable, Mapping
+    from typing import Any, TypeGuard, TypeVar
+
+    _T = TypeVar("_T")
 
 PREFIX = "linux.resources"
-_T = TypeVar("_T")
 
 # Kernel ranges (kernel/sched/core.c, Documentation/admin-guide/cgroup-v2.rst).
 CPU_SHARES_MIN, CPU_SHARES_MAX = 2, 262144  # v1 cpu.shares, what OCI `shares` means
@@ -37,9 +39,8 @@ BLKIO_WEIGHT_MIN, BLKIO_WEIGHT_MAX = 10, 1000  # v1 blkio.weight, what OCI `weig
 INT64_MAX = 2**63 - 1
 UINT64_MAX = 2**64 - 1
 
-_CPU_LIST = re.compile(r"^\d+(-\d+)?(,\d+(-\d+)?)*$")
-_PAGE_SIZE = re.compile(r"^[1-9]\d*(KB|MB|GB)$")
-_UNIFIED_KEY = re.compile(r"^[a-z0-9_]+\.[A-Za-z0-9_.]+$")
+_UNIFIED_HEAD = frozenset("abcdefghijklmnopqrstuvwxyz0123456789_")
+_UNIFIED_TAIL = _UNIFIED_HEAD | frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZ.")
 
 # cgroup.* files the manager itself owns: setting them through `unified` would
 # move processes, kill, freeze or restructure the tree behind its back.
@@ -59,6 +60,50 @@ UNIFIED_FORBIDDEN = frozenset(
 
 
 # --- value checks ---------------------------------------------------------------
+#
+# The syntax checks use str methods, not the re module (its import costs every
+# runtime verb ~5 ms). Each is what a regex match() with a final `$` did, so
+# like it they accept one trailing newline.
+
+
+def _anchored(value: str) -> str:
+    """What `$` anchors: the string, less one final newline."""
+    return value[:-1] if value.endswith("\n") else value
+
+
+def _is_cpu_list(value: str) -> bool:
+    r"""^\d+(-\d+)?(,\d+(-\d+)?)*$"""
+    for part in _anchored(value).split(","):
+        lo, dash, hi = part.partition("-")
+        if not lo.isdecimal() or (dash and not hi.isdecimal()):
+            return False
+    return True
+
+
+def _is_page_size(value: str) -> bool:
+    r"""^[1-9]\d*(KB|MB|GB)$"""
+    body = _anchored(value)
+    number = body[:-2]
+    return (
+        body[-2:] in ("KB", "MB", "GB")
+        and number[:1] in ("1", "2", "3", "4", "5", "6", "7", "8", "9")
+        and (len(number) == 1 or number[1:].isdecimal())
+    )
+
+
+def _is_unified_key(key: str) -> bool:
+    r"""^[a-z0-9_]+\.[A-Za-z0-9_.]+$"""
+    head, _, tail = _anchored(key).partition(".")
+    return bool(head and tail) and set(head) <= _UNIFIED_HEAD and set(tail) <= _UNIFIED_TAIL
+
+
+def _is_mapping(value: object) -> TypeGuard[Mapping[Any, Any]]:
+    """isinstance(value, collections.abc.Mapping), importing that (~2 ms) only past dict."""
+    if isinstance(value, dict):
+        return True
+    from collections.abc import Mapping
+
+    return isinstance(value, Mapping)
 
 
 def _int(name: str, value: object, lo: int, hi: int) -> int:
@@ -90,7 +135,7 @@ def _cpu_list(name: str, value: str | None) -> str | None:
     """cpuset list syntax ("0-3,7"); empty means unset, as runc treats it."""
     if value is None or value == "":
         return value
-    if not _CPU_LIST.match(value):
+    if not _is_cpu_list(value):
         raise ResourceError(f"{PREFIX}.{name}", 'must be a list like "0-3,7"', value)
     for part in value.split(","):
         lo, _, hi = part.partition("-")
@@ -104,23 +149,42 @@ def _memory_amount(name: str, value: int | None) -> int | None:
     return _opt_int(name, value, -1, INT64_MAX)
 
 
-# --- the dataclasses ------------------------------------------------------------
+# --- the value classes (FrozenRecord: see namespaces/record.py) --------------------
 
 
-@dataclass(frozen=True)
-class Cpu:
+class Cpu(FrozenRecord):
     """`linux.resources.cpu`. realtimeRuntime/realtimePeriod have no v2 file and are ignored."""
 
-    shares: int | None = None  # v1 shares 2..262144; converted to cpu.weight
-    quota: int | None = None  # usec per period; -1 (or any negative) = no limit
-    period: int | None = None  # usec
-    cpus: str | None = None  # cpuset.cpus
-    mems: str | None = None  # cpuset.mems
-    idle: int | None = None  # cpu.idle (0 or 1), OCI 1.1
-    realtime_runtime: int | None = None  # ignored on cgroup v2
-    realtime_period: int | None = None  # ignored on cgroup v2
+    __slots__ = (  # noqa: RUF023
+        "shares",
+        "quota",
+        "period",
+        "cpus",
+        "mems",
+        "idle",
+        "realtime_runtime",
+        "realtime_period",
+    )
 
-    def __post_init__(self) -> None:
+    def __init__(
+        self,
+        shares: int | None = None,  # v1 shares 2..262144; converted to cpu.weight
+        quota: int | None = None,  # usec per period; -1 (or any negative) = no limit
+        period: int | None = None,  # usec
+        cpus: str | None = None,  # cpuset.cpus
+        mems: str | None = None,  # cpuset.mems
+        idle: int | None = None,  # cpu.idle (0 or 1), OCI 1.1
+        realtime_runtime: int | None = None,  # ignored on cgroup v2
+        realtime_period: int | None = None,  # ignored on cgroup v2
+    ) -> None:
+        self.shares = shares
+        self.quota = quota
+        self.period = period
+        self.cpus = cpus
+        self.mems = mems
+        self.idle = idle
+        self.realtime_runtime = realtime_runtime
+        self.realtime_period = realtime_period
         _opt_int("cpu.shares", self.shares, 0, UINT64_MAX)
         quota = _opt_int("cpu.quota", self.quota, -(2**63), INT64_MAX)
         if quota is not None and 0 < quota < CFS_QUOTA_MIN:
@@ -141,8 +205,7 @@ class Cpu:
         _opt_int("cpu.realtimePeriod", self.realtime_period, 0, UINT64_MAX)
 
 
-@dataclass(frozen=True)
-class Memory:
+class Memory(FrozenRecord):
     """`linux.resources.memory`, plus three v2 knobs OCI has no field for.
 
     `high`, `min` and `oom_group` are Pinnace extensions (OCI users reach
@@ -151,20 +214,48 @@ class Memory:
     never written.
     """
 
-    limit: int | None = None  # memory.max
-    reservation: int | None = None  # memory.low, as runc maps it (a soft floor)
-    swap: int | None = None  # memory+swap total, converted for memory.swap.max
-    kernel: int | None = None  # ignored (v1 kmem)
-    kernel_tcp: int | None = None  # ignored (v1 kmem.tcp)
-    swappiness: int | None = None  # ignored (v1 only)
-    disable_oom_killer: bool | None = None  # ignored (v1 memory.oom_control)
-    use_hierarchy: bool | None = None  # ignored (always hierarchical on v2)
-    check_before_update: bool | None = None  # refuse a limit below current usage
-    high: int | None = None  # memory.high (Pinnace extension)
-    min: int | None = None  # memory.min (Pinnace extension)
-    oom_group: bool | None = None  # memory.oom.group (Pinnace extension)
+    __slots__ = (  # noqa: RUF023
+        "limit",
+        "reservation",
+        "swap",
+        "kernel",
+        "kernel_tcp",
+        "swappiness",
+        "disable_oom_killer",
+        "use_hierarchy",
+        "check_before_update",
+        "high",
+        "min",
+        "oom_group",
+    )
 
-    def __post_init__(self) -> None:
+    def __init__(
+        self,
+        limit: int | None = None,  # memory.max
+        reservation: int | None = None,  # memory.low, as runc maps it (a soft floor)
+        swap: int | None = None,  # memory+swap total, converted for memory.swap.max
+        kernel: int | None = None,  # ignored (v1 kmem)
+        kernel_tcp: int | None = None,  # ignored (v1 kmem.tcp)
+        swappiness: int | None = None,  # ignored (v1 only)
+        disable_oom_killer: bool | None = None,  # ignored (v1 memory.oom_control)
+        use_hierarchy: bool | None = None,  # ignored (always hierarchical on v2)
+        check_before_update: bool | None = None,  # refuse a limit below current usage
+        high: int | None = None,  # memory.high (Pinnace extension)
+        min: int | None = None,  # memory.min (Pinnace extension)
+        oom_group: bool | None = None,  # memory.oom.group (Pinnace extension)
+    ) -> None:
+        self.limit = limit
+        self.reservation = reservation
+        self.swap = swap
+        self.kernel = kernel
+        self.kernel_tcp = kernel_tcp
+        self.swappiness = swappiness
+        self.disable_oom_killer = disable_oom_killer
+        self.use_hierarchy = use_hierarchy
+        self.check_before_update = check_before_update
+        self.high = high
+        self.min = min
+        self.oom_group = oom_group
         _memory_amount("memory.limit", self.limit)
         _memory_amount("memory.reservation", self.reservation)
         _memory_amount("memory.swap", self.swap)
@@ -181,63 +272,82 @@ class Memory:
         swap_max_value(self.swap, self.limit)
 
 
-@dataclass(frozen=True)
-class Pids:
+class Pids(FrozenRecord):
     """`linux.resources.pids`: limit -1 (any negative) is "max", 0 is a real limit of 0.
 
     That is the current runtime-spec guidance, which runc 1.4 follows; an
     absent limit writes nothing.
     """
 
-    limit: int | None = None
+    __slots__ = ("limit",)
 
-    def __post_init__(self) -> None:
+    def __init__(self, limit: int | None = None) -> None:
+        self.limit = limit
         _opt_int("pids.limit", self.limit, -(2**63), INT64_MAX)
 
 
-@dataclass(frozen=True)
-class WeightDevice:
+class WeightDevice(FrozenRecord):
     """One `blockIO.weightDevice` entry; leafWeight has no v2 file and is ignored."""
 
-    major: int
-    minor: int
-    weight: int | None = None
-    leaf_weight: int | None = None
+    __slots__ = ("major", "minor", "weight", "leaf_weight")  # noqa: RUF023
 
-    def __post_init__(self) -> None:
+    def __init__(
+        self, major: int, minor: int, weight: int | None = None, leaf_weight: int | None = None
+    ) -> None:
+        self.major = major
+        self.minor = minor
+        self.weight = weight
+        self.leaf_weight = leaf_weight
         _int("blockIO.weightDevice.major", self.major, 0, 2**32 - 1)
         _int("blockIO.weightDevice.minor", self.minor, 0, 2**32 - 1)
         _opt_int("blockIO.weightDevice.weight", self.weight, BLKIO_WEIGHT_MIN, BLKIO_WEIGHT_MAX)
         _opt_int("blockIO.weightDevice.leafWeight", self.leaf_weight, 10, 1000)
 
 
-@dataclass(frozen=True)
-class ThrottleDevice:
+class ThrottleDevice(FrozenRecord):
     """One `blockIO.throttle*Device` entry: a rate for one device; 0 removes the limit."""
 
-    major: int
-    minor: int
-    rate: int
+    __slots__ = ("major", "minor", "rate")
 
-    def __post_init__(self) -> None:
+    def __init__(self, major: int, minor: int, rate: int) -> None:
+        self.major = major
+        self.minor = minor
+        self.rate = rate
         _int("blockIO.throttleDevice.major", self.major, 0, 2**32 - 1)
         _int("blockIO.throttleDevice.minor", self.minor, 0, 2**32 - 1)
         _int("blockIO.throttleDevice.rate", self.rate, 0, UINT64_MAX)
 
 
-@dataclass(frozen=True)
-class BlockIO:
+class BlockIO(FrozenRecord):
     """`linux.resources.blockIO`. weight is v1's 10..1000 scale; leafWeight is ignored."""
 
-    weight: int | None = None
-    leaf_weight: int | None = None
-    weight_device: tuple[WeightDevice, ...] = ()
-    throttle_read_bps_device: tuple[ThrottleDevice, ...] = ()
-    throttle_write_bps_device: tuple[ThrottleDevice, ...] = ()
-    throttle_read_iops_device: tuple[ThrottleDevice, ...] = ()
-    throttle_write_iops_device: tuple[ThrottleDevice, ...] = ()
+    __slots__ = (  # noqa: RUF023
+        "weight",
+        "leaf_weight",
+        "weight_device",
+        "throttle_read_bps_device",
+        "throttle_write_bps_device",
+        "throttle_read_iops_device",
+        "throttle_write_iops_device",
+    )
 
-    def __post_init__(self) -> None:
+    def __init__(
+        self,
+        weight: int | None = None,
+        leaf_weight: int | None = None,
+        weight_device: tuple[WeightDevice, ...] = (),
+        throttle_read_bps_device: tuple[ThrottleDevice, ...] = (),
+        throttle_write_bps_device: tuple[ThrottleDevice, ...] = (),
+        throttle_read_iops_device: tuple[ThrottleDevice, ...] = (),
+        throttle_write_iops_device: tuple[ThrottleDevice, ...] = (),
+    ) -> None:
+        self.weight = weight
+        self.leaf_weight = leaf_weight
+        self.weight_device = weight_device
+        self.throttle_read_bps_device = throttle_read_bps_device
+        self.throttle_write_bps_device = throttle_write_bps_device
+        self.throttle_read_iops_device = throttle_read_iops_device
+        self.throttle_write_iops_device = throttle_write_iops_device
         if self.weight != 0:  # 0 is the Go zero value: unset
             _opt_int("blockIO.weight", self.weight, BLKIO_WEIGHT_MIN, BLKIO_WEIGHT_MAX)
         _opt_int("blockIO.leafWeight", self.leaf_weight, 0, 1000)
@@ -252,15 +362,15 @@ class BlockIO:
         )
 
 
-@dataclass(frozen=True)
-class HugepageLimit:
+class HugepageLimit(FrozenRecord):
     """One `hugepageLimits` entry: pageSize as in the file names ("2MB", "1GB"), bytes."""
 
-    page_size: str
-    limit: int
+    __slots__ = ("page_size", "limit")  # noqa: RUF023
 
-    def __post_init__(self) -> None:
-        if not isinstance(self.page_size, str) or not _PAGE_SIZE.match(self.page_size):
+    def __init__(self, page_size: str, limit: int) -> None:
+        self.page_size = page_size
+        self.limit = limit
+        if not isinstance(self.page_size, str) or not _is_page_size(self.page_size):
             raise ResourceError(
                 f"{PREFIX}.hugepageLimits.pageSize",
                 'must look like "2MB" or "1GB" (<size><KB|MB|GB>)',
@@ -269,18 +379,26 @@ class HugepageLimit:
         _int("hugepageLimits.limit", self.limit, 0, UINT64_MAX)
 
 
-@dataclass(frozen=True)
-class Resources:
+class Resources(FrozenRecord):
     """`linux.resources` minus devices: what the cgroup manager applies."""
 
-    cpu: Cpu | None = None
-    memory: Memory | None = None
-    pids: Pids | None = None
-    block_io: BlockIO | None = None
-    hugepage_limits: tuple[HugepageLimit, ...] = ()
-    unified: Mapping[str, str] = field(default_factory=dict)
+    __slots__ = ("cpu", "memory", "pids", "block_io", "hugepage_limits", "unified")  # noqa: RUF023
 
-    def __post_init__(self) -> None:
+    def __init__(
+        self,
+        cpu: Cpu | None = None,
+        memory: Memory | None = None,
+        pids: Pids | None = None,
+        block_io: BlockIO | None = None,
+        hugepage_limits: tuple[HugepageLimit, ...] = (),
+        unified: Mapping[str, str] | None = None,
+    ) -> None:
+        self.cpu = cpu
+        self.memory = memory
+        self.pids = pids
+        self.block_io = block_io
+        self.hugepage_limits = hugepage_limits
+        self.unified: Mapping[str, str] = {} if unified is None else unified
         for key, value in self.unified.items():
             check_unified_key(key)
             if not isinstance(value, str):
@@ -435,7 +553,7 @@ def check_unified_key(key: object) -> str:
         raise ResourceError(name, "keys must be strings", key)
     if "/" in key or "\0" in key or key in (".", "..") or ".." in key:
         raise ResourceError(name, "a key names one file of the cgroup: no '/' or '..'", key)
-    if not _UNIFIED_KEY.match(key):
+    if not _is_unified_key(key):
         raise ResourceError(name, "a key must look like CONTROLLER.FILE (memory.high)", key)
     if key in UNIFIED_FORBIDDEN:
         raise ResourceError(name, "this file is managed by the cgroup manager itself", key)
@@ -478,7 +596,7 @@ def _section(d: Mapping[str, Any], key: str) -> Mapping[str, Any] | None:
     value = d.get(key)
     if value is None:
         return None
-    if not isinstance(value, Mapping):
+    if not _is_mapping(value):
         raise ResourceError(f"{PREFIX}.{key}", "must be an object", value)
     return value
 
@@ -495,7 +613,7 @@ def _list(d: Mapping[str, Any], key: str, where: str) -> list[Any]:
 def _entries(d: Mapping[str, Any], key: str, where: str) -> list[Mapping[str, Any]]:
     out = []
     for i, item in enumerate(_list(d, key, where)):
-        if not isinstance(item, Mapping):
+        if not _is_mapping(item):
             raise ResourceError(f"{PREFIX}.{where}[{i}]", "must be an object", item)
         out.append(item)
     return out
@@ -509,10 +627,10 @@ def _req(entry: Mapping[str, Any], where: str, *keys: str) -> list[Any]:
     return [entry[key] for key in keys]
 
 
-def _renamed(where: str, build: Callable[[], _T]) -> _T:
-    """Build one list entry; a ResourceError names the entry by its index in the list."""
+def _renamed(where: str, build: Callable[..., _T], *args: object) -> _T:
+    """build(*args), one list entry; a ResourceError names the entry by its index in the list."""
     try:
-        return build()
+        return build(*args)
     except ResourceError as exc:
         attr = exc.field.rsplit(".", 1)[1]
         raise ResourceError(f"{PREFIX}.{where}.{attr}", exc.reason, exc.value) from None
@@ -527,7 +645,8 @@ def _throttles(b: Mapping[str, Any], key: str) -> tuple[ThrottleDevice, ...]:
     return tuple(
         _renamed(
             f"blockIO.{key}[{i}]",
-            partial(ThrottleDevice, *_req(e, f"blockIO.{key}[{i}]", "major", "minor", "rate")),
+            ThrottleDevice,
+            *_req(e, f"blockIO.{key}[{i}]", "major", "minor", "rate"),
         )
         for i, e in enumerate(_entries(b, key, f"blockIO.{key}"))
     )
@@ -537,7 +656,7 @@ def parse_resources(d: Mapping[str, Any] | None) -> Resources:
     """`linux.resources` (a decoded JSON object, or None) as typed, validated Resources."""
     if d is None:
         return Resources()
-    if not isinstance(d, Mapping):
+    if not _is_mapping(d):
         raise ResourceError(PREFIX, "must be an object", d)
     cpu = mem = pids = bio = None
     if (c := _section(d, "cpu")) is not None:
@@ -567,7 +686,7 @@ def parse_resources(d: Mapping[str, Any] | None) -> Resources:
         pids = Pids(limit=p.get("limit"))
     if (b := _section(d, "blockIO")) is not None:
         weight_devices = tuple(
-            _renamed(where, partial(_weight_device, e, where))
+            _renamed(where, _weight_device, e, where)
             for i, e in enumerate(_entries(b, "weightDevice", "blockIO.weightDevice"))
             for where in (f"blockIO.weightDevice[{i}]",)
         )
@@ -583,12 +702,13 @@ def parse_resources(d: Mapping[str, Any] | None) -> Resources:
     huge = tuple(
         _renamed(
             f"hugepageLimits[{i}]",
-            partial(HugepageLimit, *_req(e, f"hugepageLimits[{i}]", "pageSize", "limit")),
+            HugepageLimit,
+            *_req(e, f"hugepageLimits[{i}]", "pageSize", "limit"),
         )
         for i, e in enumerate(_entries(d, "hugepageLimits", "hugepageLimits"))
     )
     unified = d.get("unified") or {}
-    if not isinstance(unified, Mapping):
+    if not _is_mapping(unified):
         raise ResourceError(f"{PREFIX}.unified", "must be an object of strings", unified)
     return Resources(
         cpu=cpu,

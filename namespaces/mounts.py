@@ -9,9 +9,9 @@ writable, which is why Kubernetes' "recursive read-only" needs Linux >= 5.12.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 
 from namespaces import syscalls as sc
+from namespaces.record import Record
 
 AT_FDCWD = -100
 
@@ -25,11 +25,13 @@ PROPAGATION = {
 }
 
 
-@dataclass
-class Mounter:
+class Mounter(Record):
     """Mount helpers bound to one syscall layer (the real one, or a fake in tests)."""
 
-    sys: sc.Syscalls
+    __slots__ = ("sys",)
+
+    def __init__(self, sys: sc.Syscalls) -> None:
+        self.sys = sys
 
     def bind(self, source: str, target: str, *, recursive: bool = True) -> None:
         flags = sc.MS_BIND | (sc.MS_REC if recursive else 0)

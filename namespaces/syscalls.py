@@ -12,9 +12,19 @@ from __future__ import annotations
 import ctypes
 import errno as errno_mod
 import os
-import signal
-from dataclasses import dataclass
-from typing import Protocol
+
+from namespaces.record import FrozenRecord
+
+# Type-only imports, and _signal rather than signal (whose IntEnums import enum):
+# every pinnace-oci verb imports this module (see namespaces/record.py for the cost).
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from signal import SIGCHLD as _SIGCHLD
+    from typing import Protocol
+else:
+    from _signal import SIGCHLD as _SIGCHLD
+
+    Protocol = object
 
 # Namespace flags (linux/sched.h).
 CLONE_NEWNS = 0x00020000
@@ -100,14 +110,19 @@ class _MountAttr(ctypes.Structure):
     )
 
 
-@dataclass(frozen=True)
-class MountAttr:
+class MountAttr(FrozenRecord):
     """What mount_setattr(2) changes: attributes to set/clear, propagation, idmap userns."""
 
-    attr_set: int = 0
-    attr_clr: int = 0
-    propagation: int = 0
-    userns_fd: int = 0
+    # the fields in order (repr, and the positional order of __init__)
+    __slots__ = ("attr_set", "attr_clr", "propagation", "userns_fd")  # noqa: RUF023
+
+    def __init__(
+        self, attr_set: int = 0, attr_clr: int = 0, propagation: int = 0, userns_fd: int = 0
+    ) -> None:
+        self.attr_set = attr_set
+        self.attr_clr = attr_clr
+        self.propagation = propagation
+        self.userns_fd = userns_fd
 
 
 class Syscalls(Protocol):
@@ -152,7 +167,7 @@ class Syscalls(Protocol):
     def personality(self, persona: int) -> int: ...
 
     # --- clone3(2) as fork, born in a cgroup, for runtime/ (CgroupV2Manager.fork_into) ---
-    def fork_into_cgroup(self, cgroup_fd: int) -> int: ...
+    def fork_into_cgroup(self, cgroup_fd: int, flags: int = 0) -> int: ...
 
 
 def _enc(s: str | None) -> bytes | None:
@@ -346,9 +361,11 @@ class Libc:
 
     # --- clone3(2) as fork, born in a cgroup, for runtime/ (CgroupV2Manager.fork_into) ---
 
-    def fork_into_cgroup(self, cgroup_fd: int) -> int:
+    def fork_into_cgroup(self, cgroup_fd: int, flags: int = 0) -> int:
         """fork(2), the child starting in the cgroup `cgroup_fd` is open on (clone3 with
         CLONE_INTO_CGROUP, Linux >= 5.7); returns the child's PID, and 0 in the child.
+        `flags` adds CLONE_NEW* flags: the child is born in new namespaces (with
+        CLONE_NEWPID it is PID 1 of the new one), as unshare(2) then fork would make it.
 
         A raw syscall, not glibc's fork(): the child skips glibc's atfork handlers and
         Python's after-fork work (os.register_at_fork callbacks, thread and lock
@@ -357,7 +374,7 @@ class Libc:
         GIL throughout (through PyDLL), as os.fork does, so the child resumes holding it.
         No new stack (stack 0): like fork, the child continues on a copy of the parent's.
         """
-        args = _CloneArgs(flags=CLONE_INTO_CGROUP, exit_signal=signal.SIGCHLD, cgroup=cgroup_fd)
+        args = _CloneArgs(flags=CLONE_INTO_CGROUP | flags, exit_signal=_SIGCHLD, cgroup=cgroup_fd)
         syscall = ctypes.PyDLL(None, use_errno=True).syscall
         syscall.restype = ctypes.c_long
         ret = syscall(

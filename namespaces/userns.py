@@ -10,11 +10,13 @@ from __future__ import annotations
 import errno
 import gc
 import os
-from collections.abc import Sequence
-from dataclasses import dataclass
-from pathlib import Path
 
 from namespaces import syscalls as sc
+from namespaces.record import FrozenRecord
+
+TYPE_CHECKING = False  # type-only imports: `create` imports this module (namespaces/record.py)
+if TYPE_CHECKING:
+    from collections.abc import Sequence
 
 ID_MAX = 2**32 - 1  # (uid_t)-1 is never a valid id
 MAX_LINES = 340  # kernel limit since 4.15 (5 before)
@@ -24,13 +26,16 @@ class IDMapError(ValueError):
     """An ID map the kernel would refuse, with the reason and the offending range."""
 
 
-@dataclass(frozen=True)
-class IDMap:
+class IDMap(FrozenRecord):
     """One line of an ID map: container ids [container_id, +size) are host ids [host_id, +size)."""
 
-    container_id: int
-    host_id: int
-    size: int
+    # the fields in order (repr, and the positional order of __init__)
+    __slots__ = ("container_id", "host_id", "size")
+
+    def __init__(self, container_id: int, host_id: int, size: int) -> None:
+        self.container_id = container_id
+        self.host_id = host_id
+        self.size = size
 
     def line(self) -> str:
         return f"{self.container_id} {self.host_id} {self.size}"
@@ -94,7 +99,7 @@ def write_maps(
     gid_maps: Sequence[IDMap],
     *,
     deny_setgroups: bool = False,
-    proc: Path = Path("/proc"),
+    proc: str | os.PathLike[str] = "/proc",
 ) -> None:
     """Write a process's uid_map, setgroups and gid_map, in the order the kernel needs.
 
@@ -104,18 +109,18 @@ def write_maps(
     """
     validate(uid_maps, "uid")
     validate(gid_maps, "gid")
-    base = proc / str(pid)
-    _write(base / "uid_map", format_map(uid_maps))
+    base = os.path.join(proc, str(pid))
+    _write(os.path.join(base, "uid_map"), format_map(uid_maps))
     if deny_setgroups:
-        _write(base / "setgroups", "deny")
-    _write(base / "gid_map", format_map(gid_maps))
+        _write(os.path.join(base, "setgroups"), "deny")
+    _write(os.path.join(base, "gid_map"), format_map(gid_maps))
 
 
-def _write(path: Path, text: str) -> None:
+def _write(path: str, text: str) -> None:
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
     except OSError as exc:
-        raise OSError(exc.errno, exc.strerror, str(path)) from None
+        raise OSError(exc.errno, exc.strerror, path) from None
     try:
         os.write(fd, text.encode())  # one write: the kernel takes a map in a single write(2)
     except OSError as exc:
@@ -124,7 +129,7 @@ def _write(path: Path, text: str) -> None:
             "over these ids in the parent namespace)",
             errno.EINVAL: "refused by the kernel",
         }.get(exc.errno or 0, exc.strerror)
-        raise OSError(exc.errno, f"cannot write {text.strip()!r}: {reason}", str(path)) from None
+        raise OSError(exc.errno, f"cannot write {text.strip()!r}: {reason}", path) from None
     finally:
         os.close(fd)
 

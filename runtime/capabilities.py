@@ -17,12 +17,14 @@ not needed on the create path until the init, which calls `preload()`).
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from dataclasses import dataclass, field
-from typing import Any
-
+from namespaces.record import FrozenRecord
 from namespaces.syscalls import SyscallError, Syscalls
 from runtime.errors import ProcessSetupError, SpecError
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Iterable
+    from typing import Any
 
 # linux/capability.h, in kernel order
 CAPABILITIES: dict[str, int] = {
@@ -104,17 +106,36 @@ def names_of(mask: int) -> list[str]:
     return [NAMES_BY_NUMBER[i] for i in sorted(NAMES_BY_NUMBER) if mask >> i & 1]
 
 
-@dataclass(frozen=True)
-class CapabilityPlan:
+class CapabilityPlan(FrozenRecord):
     """The five sets as bitmasks over capabilities 0..last_cap."""
 
-    bounding: int = 0
-    effective: int = 0
-    inheritable: int = 0
-    permitted: int = 0
-    ambient: int = 0
-    last_cap: int = max(CAPABILITIES.values())
-    notes: tuple[str, ...] = field(default=())
+    __slots__ = (
+        "ambient",
+        "bounding",
+        "effective",
+        "inheritable",
+        "last_cap",
+        "notes",
+        "permitted",
+    )
+
+    def __init__(
+        self,
+        bounding: int = 0,
+        effective: int = 0,
+        inheritable: int = 0,
+        permitted: int = 0,
+        ambient: int = 0,
+        last_cap: int = max(CAPABILITIES.values()),
+        notes: tuple[str, ...] = (),
+    ) -> None:
+        self.bounding = bounding
+        self.effective = effective
+        self.inheritable = inheritable
+        self.permitted = permitted
+        self.ambient = ambient
+        self.last_cap = last_cap
+        self.notes = notes
 
     def get(self, which: str) -> int:
         value: int = getattr(self, which)

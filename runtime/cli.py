@@ -331,11 +331,11 @@ def run_verb(a: Args) -> int:
 
         start(root, a.id)
     elif v == "state":
-        import json
+        from runtime import jsonio
 
         cdir = root.get(a.id)
         st = cdir.load()
-        print(json.dumps(st.oci(cdir.status(st)), indent=2))
+        print(jsonio.dumps(st.oci(cdir.status(st)), indent=2))
     elif v == "list":
         _list(root, a.format, a.quiet)
     elif v == "kill":

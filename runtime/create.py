@@ -7,18 +7,16 @@ the state directory, so a failed create leaves nothing behind.
 
 from __future__ import annotations
 
-import contextlib
 import gc
 import os
-import signal
 import time
-from dataclasses import dataclass
-from typing import Any
 
 from namespaces import syscalls as sc
+from namespaces.record import Record
 from runtime import process, rootfs, spec
 from runtime.errors import RuntimeFailure, SpecError
-from runtime.init import InitContext, bootstrap
+from runtime.init import InitContext, bootstrap, direct_flags, init
+from runtime.signals import SIGKILL
 from runtime.state import (
     CREATED,
     CREATING,
@@ -30,31 +28,67 @@ from runtime.state import (
 )
 from runtime.sync import Channel
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
+
 PR_SET_CHILD_SUBREAPER = 36
 
 
-@dataclass
-class CreateOptions:
-    bundle: str
-    pid_file: str | None = None
-    console_socket: str | None = None
-    no_pivot: bool = False
-    preserve_fds: int = 0
+class CreateOptions(Record):
+    __slots__ = ("bundle", "console_socket", "no_pivot", "pid_file", "preserve_fds")
+
+    def __init__(
+        self,
+        bundle: str,
+        pid_file: str | None = None,
+        console_socket: str | None = None,
+        no_pivot: bool = False,
+        preserve_fds: int = 0,
+    ) -> None:
+        self.bundle = bundle
+        self.pid_file = pid_file
+        self.console_socket = console_socket
+        self.no_pivot = no_pivot
+        self.preserve_fds = preserve_fds
 
 
-@dataclass
-class Prepared:
+class Prepared(Record):
     """config.json, checked: what the runtime and the init need to make the container."""
 
-    config: dict[str, Any]
-    rootfs: str
-    namespaces: list[spec.NamespaceSpec]
-    uid_maps: list[tuple[int, int, int]]
-    gid_maps: list[tuple[int, int, int]]
-    plan: Any
-    resources: Any
-    device_rules: list[Any]
-    cgroup: str
+    __slots__ = (
+        "cgroup",
+        "config",
+        "device_rules",
+        "gid_maps",
+        "namespaces",
+        "plan",
+        "resources",
+        "rootfs",
+        "uid_maps",
+    )
+
+    def __init__(
+        self,
+        config: dict[str, Any],
+        rootfs: str,
+        namespaces: list[spec.NamespaceSpec],
+        uid_maps: list[tuple[int, int, int]],
+        gid_maps: list[tuple[int, int, int]],
+        plan: Any,
+        resources: Any,
+        device_rules: list[Any],
+        cgroup: str,
+    ) -> None:
+        self.config = config
+        self.rootfs = rootfs
+        self.namespaces = namespaces
+        self.uid_maps = uid_maps
+        self.gid_maps = gid_maps
+        self.plan = plan
+        self.resources = resources
+        self.device_rules = device_rules
+        self.cgroup = cgroup
 
 
 def prepare(cid: str, opts: CreateOptions) -> Prepared:
@@ -151,11 +185,11 @@ def create(root: RuntimeRoot, cid: str, opts: CreateOptions) -> ContainerState:
         fifo_fd = os.open(fifo, os.O_PATH | os.O_CLOEXEC)
         manager = CgroupV2Manager(p.cgroup)
         manager.create(p.resources)
-        state.cgroup_dir = str(manager.path)
+        state.cgroup_dir = manager.dir
         manager.apply(p.resources)  # limits in place before any process joins
         from cgroups.devices import apply_device_rules
 
-        apply_device_rules(sc.libc(), manager.path, device_policy(p.device_rules))
+        apply_device_rules(sc.libc(), manager.dir, device_policy(p.device_rules))
         ctx = InitContext(
             config=p.config,
             bundle=opts.bundle,
@@ -166,17 +200,23 @@ def create(root: RuntimeRoot, cid: str, opts: CreateOptions) -> ContainerState:
             no_pivot=opts.no_pivot,
             console_fd=console_fd,
             preserve_fds=opts.preserve_fds,
-            cgroup_dir=str(manager.path),
+            cgroup_dir=manager.dir,
         )
         s = sc.libc()
         # Orphans of the bootstrap (the init) come back to us, so `run` can wait for them.
         s.prctl(PR_SET_CHILD_SUBREAPER, 1)
         ours, theirs = Channel.pair()
-        forked = manager.fork_into()  # the child born in the cgroup; None: fork + add_process
+        flags = direct_flags(p.namespaces)
+        # The child born in the cgroup (and, with `flags`, in its new namespaces: then it is
+        # the init itself); None: fork + add_process, and the bootstrap.
+        forked = manager.fork_into(flags or 0)
+        direct = forked is not None and flags is not None
         child = os.fork() if forked is None else forked
         if child == 0:
             gc.disable()  # a forked child runs no finalizers of its parent's objects (gRPC's hang)
             ours.close()
+            if direct:
+                init(theirs, ctx, s)  # never returns
             bootstrap(theirs, ctx, s)  # never returns
         theirs.close()
         os.close(fifo_fd)  # the init has its copy
@@ -184,10 +224,13 @@ def create(root: RuntimeRoot, cid: str, opts: CreateOptions) -> ContainerState:
         if console_fd is not None:
             os.close(console_fd)  # the init has its copy
             console_fd = None
-        if forked is None:
-            manager.add_process(child)
-        ours.send("go")
-        msg = ours.recv("userns", "init")
+        if direct:
+            msg: dict[str, Any] = {"type": "init", "pid": child}
+        else:
+            if forked is None:
+                manager.add_process(child)
+            ours.send("go")
+            msg = ours.recv("userns", "init")
         if msg["type"] == "userns":
             from namespaces.userns import IDMap, write_maps
 
@@ -199,8 +242,9 @@ def create(root: RuntimeRoot, cid: str, opts: CreateOptions) -> ContainerState:
                 for fd in trees.values():
                     os.close(fd)
             msg = ours.recv("init")
-        os.waitpid(child, 0)
-        child = 0
+        if not direct:  # the bootstrap has exited; the init is its orphan, now ours
+            os.waitpid(child, 0)
+            child = 0
         state.pid = int(msg["pid"])
         state.pid_start = proc_start_time(state.pid) or 0
         oom = p.config["process"].get("oomScoreAdj")
@@ -253,14 +297,20 @@ def _undo(state: ContainerState, child: int, manager: Any) -> None:
     """Kill what a failed create started and remove its cgroup."""
     for pid in (child, state.pid):
         if pid:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-            with contextlib.suppress(ChildProcessError):
+            try:
+                os.kill(pid, SIGKILL)
+            except ProcessLookupError:
+                pass
+            try:
                 os.waitpid(pid, 0)
+            except ChildProcessError:
+                pass
     if manager is not None:
-        with contextlib.suppress(Exception):
+        try:
             manager.destroy()
-        remove_empty_parent(manager.path)
+        except Exception:  # best effort: the create's own error is what the user sees
+            pass
+        remove_empty_parent(manager.dir)
 
 
 def _write_pid_file(path: str, pid: int) -> None:

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
-import signal
 
 from runtime.errors import ContainerNotFound, InvalidState
+from runtime.signals import SIGKILL
 from runtime.state import (
     CREATED,
     STOPPED,
@@ -58,12 +57,14 @@ def _destroy(state: ContainerState) -> None:
         m = CgroupV2Manager(state.cgroup)
         if m.exists():
             m.destroy()  # kills, thaws, waits until empty, removes
-            remove_empty_parent(m.path)
+            remove_empty_parent(m.dir)
     # The init was in the cgroup, so it is dead by now; unless the cgroup was not ours
     # to empty. signal_process pins the PID, so a recycled one is never hit.
     if state.pid and proc_start_time(state.pid) == state.pid_start:
-        with contextlib.suppress(ProcessLookupError):
-            signal_process(state.pid, state.pid_start, signal.SIGKILL)
+        try:
+            signal_process(state.pid, state.pid_start, SIGKILL)
+        except ProcessLookupError:
+            pass
         ensure_gone(state.pid, state.pid_start)
 
 

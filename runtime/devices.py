@@ -9,17 +9,19 @@ rootfs, never through a path a symlink could redirect.
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import os
 import stat
-from collections.abc import Iterable
 
 from namespaces import syscalls as sc
 from namespaces.rootpath import RootFS, lexical_clean
 from runtime.errors import RootfsError
 from runtime.rootfs_mount import fd_path, step
 from runtime.rootfs_spec import DeviceSpec
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Iterable
 
 # config-linux.md "Default Devices": every container gets these, owned by root.
 DEFAULT_DEVICES = (
@@ -60,15 +62,20 @@ def setup_dev(
     try:
         with step("/dev/ptmx", "make /dev/ptmx a symlink to pts/ptmx"):
             # the devpts instance's own ptmx; the host's /dev/ptmx would open host ptys
-            with contextlib.suppress(FileNotFoundError):
+            try:
                 os.unlink("ptmx", dir_fd=dev)
+            except FileNotFoundError:
+                pass
             os.symlink("pts/ptmx", "ptmx", dir_fd=dev)
         links = list(DEV_SYMLINKS)
         if with_core:  # the kernel has /proc/kcore and the container a /proc
             links.append(("core", "/proc/kcore"))
         for name, target in links:
-            with step(f"/dev/{name}", f"symlink to {target}"), contextlib.suppress(FileExistsError):
-                os.symlink(target, name, dir_fd=dev)
+            with step(f"/dev/{name}", f"symlink to {target}"):
+                try:
+                    os.symlink(target, name, dir_fd=dev)
+                except FileExistsError:
+                    pass
     finally:
         os.close(dev)
 

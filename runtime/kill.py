@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
-import signal
 
+from runtime import signals
 from runtime.errors import InvalidState, RuntimeFailure
 from runtime.state import STOPPED, RuntimeRoot, signal_process
 
@@ -14,16 +13,16 @@ def parse_signal(raw: str) -> int:
     """`KILL`, `SIGKILL` or `9`, as runc takes them."""
     if raw.isdigit():
         num = int(raw)
-        if not 0 < num < signal.NSIG:
+        if not 0 < num < signals.NSIG:
             raise RuntimeFailure(f"invalid signal: {raw}")
         return num
     name = raw.upper()
     if not name.startswith("SIG"):
         name = "SIG" + name
-    try:
-        return int(signal.Signals[name])
-    except KeyError:
-        raise RuntimeFailure(f"unknown signal {raw!r}") from None
+    known = signals.number(name)
+    if known is None:
+        raise RuntimeFailure(f"unknown signal {raw!r}")
+    return known
 
 
 def kill(root: RuntimeRoot, cid: str, sig: int, *, all_processes: bool = False) -> None:
@@ -47,9 +46,11 @@ def kill_all(cgroup: str, sig: int) -> None:
     m = CgroupV2Manager(cgroup)
     if not m.exists():
         return
-    if sig == signal.SIGKILL:
+    if sig == signals.SIGKILL:
         m.kill()
         return
     for pid in m.pids(recursive=True):
-        with contextlib.suppress(ProcessLookupError):
+        try:
             os.kill(pid, sig)
+        except ProcessLookupError:
+            pass

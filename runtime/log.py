@@ -6,10 +6,11 @@ containerd's runc shim reads the last error from the --log file in JSON
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 import time
+
+from runtime import jsonio
 
 _log_path: str | None = None
 _log_json = False
@@ -25,10 +26,10 @@ def _now() -> str:
 
 
 def _emit(level: str, msg: str) -> None:
-    text = f'time="{_now()}" level={level} msg={json.dumps(msg)}\n'
+    text = f'time="{_now()}" level={level} msg={jsonio.dumps(msg)}\n'
     if _log_path:
         line = (
-            json.dumps({"level": level, "msg": msg, "time": _now()}) + "\n" if _log_json else text
+            jsonio.dumps({"level": level, "msg": msg, "time": _now()}) + "\n" if _log_json else text
         )
         try:
             fd = os.open(_log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)

@@ -18,8 +18,6 @@ applied to the new `/` after the pivot.
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
-from typing import Any
 
 from namespaces import syscalls as sc
 from namespaces.rootpath import RootFS
@@ -40,6 +38,11 @@ from runtime.rootfs_spec import (
     parse_propagation,
     parse_rootfs,
 )
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+    from typing import Any
 
 __all__ = [
     "RootfsError",

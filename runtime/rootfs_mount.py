@@ -12,19 +12,22 @@ remounted (flags), given recursive attributes and propagation.
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import os
 import stat
-from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field
 
 from namespaces import syscalls as sc
+from namespaces.record import Record
 from namespaces.rootpath import RootFS
 from namespaces.userns import new_userns_fd
 from runtime.errors import RootfsError
 from runtime.rootfs_options import ATIME_FLAGS, flags_from_statvfs
 from runtime.rootfs_spec import MountSpec
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+    from types import TracebackType
 
 MOVE_MOUNT_T_EMPTY_PATH = 0x40
 # Flags a user namespace cannot drop from a mount it did not make (EPERM).
@@ -36,27 +39,49 @@ def fd_path(fd: int) -> str:
     return f"/proc/self/fd/{fd}"
 
 
-@contextlib.contextmanager
-def step(where: str, what: str, path: str | None = None) -> Iterator[None]:
+class step:
     """Turn an OSError inside into a RootfsError naming the entry and the step."""
-    try:
-        yield
-    except RootfsError:
-        raise
-    except OSError as exc:
-        raise RootfsError(where, what, exc.errno, path=path or exc.filename) from exc
+
+    __slots__ = ("path", "what", "where")
+
+    def __init__(self, where: str, what: str, path: str | None = None) -> None:
+        self.where, self.what, self.path = where, what, path
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if isinstance(exc, OSError):
+            raise RootfsError(
+                self.where, self.what, exc.errno, path=self.path or exc.filename
+            ) from exc
 
 
-@dataclass
-class MountContext:
+class MountContext(Record):
     """What every mount of one container needs to know."""
 
-    sys: sc.Syscalls
-    root: RootFS
-    namespaces: frozenset[str] = frozenset()
-    in_userns: bool = False
-    cgroup_path: str | None = None
-    idmap_trees: Mapping[int, int] = field(default_factory=dict)
+    __slots__ = ("cgroup_path", "idmap_trees", "in_userns", "namespaces", "root", "sys")
+
+    def __init__(
+        self,
+        sys: sc.Syscalls,
+        root: RootFS,
+        namespaces: frozenset[str] = frozenset(),
+        in_userns: bool = False,
+        cgroup_path: str | None = None,
+        idmap_trees: Mapping[int, int] | None = None,
+    ) -> None:
+        self.sys = sys
+        self.root = root
+        self.namespaces = namespaces
+        self.in_userns = in_userns
+        self.cgroup_path = cgroup_path
+        self.idmap_trees = dict() if idmap_trees is None else idmap_trees
 
 
 def mount_entry(m: MountSpec, ctx: MountContext) -> None:
@@ -244,8 +269,10 @@ def open_target(root: RootFS, rel: str, *, directory: bool) -> int:
     """
     if directory:
         return root.mkdir_all(rel)
-    with contextlib.suppress(FileNotFoundError):
+    try:
         return root.open(rel, os.O_PATH)
+    except FileNotFoundError:
+        pass
     resolved = root.resolve(rel)
     parent_rel, name = os.path.split(resolved)
     if name in ("", ".", ".."):

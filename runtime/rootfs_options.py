@@ -11,9 +11,8 @@ passed to mount(2) as its data string, in order.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from namespaces import syscalls as sc
+from namespaces.record import FrozenRecord
 
 # mount(2) flags not in the syscall layer (linux/mount.h).
 MS_SYNCHRONOUS = 0x10
@@ -126,19 +125,42 @@ PER_MOUNT_FLAGS = (
 ) | ATIME_FLAGS
 
 
-@dataclass(frozen=True)
-class MountOptions:
+class MountOptions(FrozenRecord):
     """One mount's options, sorted into what each kernel call needs."""
 
-    flags: int = 0  # MS_* to pass to mount(2) (bind, rec, ro, nosuid...)
-    cleared: int = 0  # MS_* an option explicitly cleared (rw, suid, dev...)
-    propagation: tuple[int, ...] = ()  # applied after the mount, in order
-    rec_set: int = 0  # MOUNT_ATTR_* set on the whole tree (rro, rnosuid...)
-    rec_clr: int = 0
-    data: str = ""  # unknown options, comma-joined, for mount(2)'s data
-    idmap: bool = False
-    ridmap: bool = False
-    tmpcopyup: bool = False
+    __slots__ = (
+        "cleared",
+        "data",
+        "flags",
+        "idmap",
+        "propagation",
+        "rec_clr",
+        "rec_set",
+        "ridmap",
+        "tmpcopyup",
+    )
+
+    def __init__(
+        self,
+        flags: int = 0,  # MS_* to pass to mount(2) (bind, rec, ro, nosuid...)
+        cleared: int = 0,  # MS_* an option explicitly cleared (rw, suid, dev...)
+        propagation: tuple[int, ...] = (),  # applied after the mount, in order
+        rec_set: int = 0,  # MOUNT_ATTR_* set on the whole tree (rro, rnosuid...)
+        rec_clr: int = 0,
+        data: str = "",  # unknown options, comma-joined, for mount(2)'s data
+        idmap: bool = False,
+        ridmap: bool = False,
+        tmpcopyup: bool = False,
+    ) -> None:
+        self.flags = flags
+        self.cleared = cleared
+        self.propagation = propagation
+        self.rec_set = rec_set
+        self.rec_clr = rec_clr
+        self.data = data
+        self.idmap = idmap
+        self.ridmap = ridmap
+        self.tmpcopyup = tmpcopyup
 
     @property
     def bind(self) -> bool:

@@ -10,14 +10,17 @@ from __future__ import annotations
 
 import os
 import stat
-from dataclasses import dataclass, field
-from typing import Any, TypeGuard
 
+from namespaces.record import FrozenRecord
 from namespaces.rootpath import lexical_clean
 from namespaces.userns import IDMap, IDMapError
 from namespaces.userns import validate as validate_idmap
 from runtime.errors import SpecError
 from runtime.rootfs_options import PROPAGATION, MountOptions, parse_options
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any, TypeGuard
 
 # Filesystems that need no real source: a missing `source` becomes the type.
 SOURCELESS_TYPES = frozenset(
@@ -48,17 +51,36 @@ SOURCELESS_TYPES = frozenset(
 DEVICE_TYPES = {"c": stat.S_IFCHR, "u": stat.S_IFCHR, "b": stat.S_IFBLK, "p": stat.S_IFIFO}
 
 
-@dataclass(frozen=True)
-class MountSpec:
+class MountSpec(FrozenRecord):
     """One entry of `mounts`, checked; `source` of a bind is an absolute host path."""
 
-    index: int
-    destination: str
-    type: str
-    source: str
-    options: MountOptions
-    uid_mappings: tuple[IDMap, ...] = ()
-    gid_mappings: tuple[IDMap, ...] = ()
+    __slots__ = (
+        "destination",
+        "gid_mappings",
+        "index",
+        "options",
+        "source",
+        "type",
+        "uid_mappings",
+    )
+
+    def __init__(
+        self,
+        index: int,
+        destination: str,
+        type: str,
+        source: str,
+        options: MountOptions,
+        uid_mappings: tuple[IDMap, ...] = (),
+        gid_mappings: tuple[IDMap, ...] = (),
+    ) -> None:
+        self.index = index
+        self.destination = destination
+        self.type = type
+        self.source = source
+        self.options = options
+        self.uid_mappings = uid_mappings
+        self.gid_mappings = gid_mappings
 
     @property
     def where(self) -> str:
@@ -79,18 +101,30 @@ class MountSpec:
         return lexical_clean(self.destination)
 
 
-@dataclass(frozen=True)
-class DeviceSpec:
+class DeviceSpec(FrozenRecord):
     """One entry of `linux.devices` (or a default device)."""
 
-    path: str
-    kind: str  # c, u, b or p
-    major: int = 0
-    minor: int = 0
-    file_mode: int = 0o666
-    uid: int = 0
-    gid: int = 0
-    index: int | None = None  # None for a default device
+    __slots__ = ("file_mode", "gid", "index", "kind", "major", "minor", "path", "uid")
+
+    def __init__(
+        self,
+        path: str,
+        kind: str,  # c, u, b or p
+        major: int = 0,
+        minor: int = 0,
+        file_mode: int = 0o666,
+        uid: int = 0,
+        gid: int = 0,
+        index: int | None = None,  # None for a default device
+    ) -> None:
+        self.path = path
+        self.kind = kind
+        self.major = major
+        self.minor = minor
+        self.file_mode = file_mode
+        self.uid = uid
+        self.gid = gid
+        self.index = index
 
     @property
     def where(self) -> str:
@@ -108,18 +142,39 @@ class DeviceSpec:
         return os.makedev(self.major, self.minor)
 
 
-@dataclass(frozen=True)
-class RootfsSpec:
+class RootfsSpec(FrozenRecord):
     """Everything the root filesystem setup needs, checked."""
 
-    rootfs: str  # absolute host path of root.path
-    readonly: bool = False
-    mounts: tuple[MountSpec, ...] = ()
-    devices: tuple[DeviceSpec, ...] = ()
-    masked_paths: tuple[str, ...] = ()
-    readonly_paths: tuple[str, ...] = ()
-    propagation: str | None = None
-    namespaces: frozenset[str] = field(default_factory=frozenset)
+    __slots__ = (
+        "devices",
+        "masked_paths",
+        "mounts",
+        "namespaces",
+        "propagation",
+        "readonly",
+        "readonly_paths",
+        "rootfs",
+    )
+
+    def __init__(
+        self,
+        rootfs: str,  # absolute host path of root.path
+        readonly: bool = False,
+        mounts: tuple[MountSpec, ...] = (),
+        devices: tuple[DeviceSpec, ...] = (),
+        masked_paths: tuple[str, ...] = (),
+        readonly_paths: tuple[str, ...] = (),
+        propagation: str | None = None,
+        namespaces: frozenset[str] | None = None,
+    ) -> None:
+        self.rootfs = rootfs
+        self.readonly = readonly
+        self.mounts = mounts
+        self.devices = devices
+        self.masked_paths = masked_paths
+        self.readonly_paths = readonly_paths
+        self.propagation = propagation
+        self.namespaces = frozenset() if namespaces is None else namespaces
 
 
 def parse_rootfs(config: dict[str, Any], bundle: str) -> RootfsSpec:

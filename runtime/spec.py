@@ -8,32 +8,36 @@ them all, so a bad config fails before anything is created.
 
 from __future__ import annotations
 
-import json
 import os
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
 
+from namespaces.record import FrozenRecord
+from runtime import jsonio
 from runtime.errors import SpecError
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 SUPPORTED_MAJOR = 1
 NS_TYPES = ("pid", "network", "mount", "ipc", "uts", "user", "cgroup", "time")
 
 
-@dataclass(frozen=True)
-class NamespaceSpec:
-    type: str  # OCI name: pid, network, mount, ipc, uts, user, cgroup, time
-    path: str | None  # join this one; None creates a new one
+class NamespaceSpec(FrozenRecord):
+    __slots__ = ("path", "type")
+
+    def __init__(self, type: str, path: str | None) -> None:
+        self.type = type  # OCI name: pid, network, mount, ipc, uts, user, cgroup, time
+        self.path = path  # join this one; None creates a new one
 
 
 def load_config(bundle: str) -> dict[str, Any]:
-    path = Path(bundle) / "config.json"
     try:
-        raw = path.read_bytes()
+        with open(os.path.join(bundle, "config.json"), "rb") as f:
+            raw = f.read()
     except FileNotFoundError:
         raise SpecError("config.json", f"no such file in the bundle {bundle}") from None
     try:
-        config = json.loads(raw)
+        config = jsonio.loads(raw)
     except ValueError as exc:
         raise SpecError("config.json", f"not valid JSON: {exc}") from None
     if not isinstance(config, dict):

@@ -75,7 +75,7 @@ def cgroup_top(require_root):
     from cgroups.manager import walk_cgroups
 
     for d in walk_cgroups(_cgroup_root() / top.lstrip("/")):
-        d.rmdir()
+        os.rmdir(d)
 
 
 @pytest.fixture

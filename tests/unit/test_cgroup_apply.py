@@ -253,8 +253,8 @@ def test_a_refused_field_refuses_the_whole_set(tmp_path, devblock):
     r = Resources(pids=Pids(10), memory=Memory(limit=100), unified={"memory.nope": "1"})
     with pytest.raises(ResourceError):
         plan(v, r)
-    assert (v.path / "pids.max").read_text() == "max\n"
-    assert (v.path / "memory.max").read_text() == "max\n"
+    assert (Path(v.path) / "pids.max").read_text() == "max\n"
+    assert (Path(v.path) / "memory.max").read_text() == "max\n"
 
 
 # --- the manager against a fake hierarchy -------------------------------------------------
@@ -385,8 +385,8 @@ def test_cgroup_paths_never_leave_the_hierarchy(bad):
 
 def test_cgroup_path_forms():
     root = Path("/sys/fs/cgroup")
-    assert cgroup_dir(root, "/pinnace/a") == root / "pinnace" / "a"
-    assert cgroup_dir(root, "pinnace//a/./") == root / "pinnace" / "a"
+    assert cgroup_dir(root, "/pinnace/a") == str(root / "pinnace" / "a")
+    assert cgroup_dir(root, "pinnace//a/./") == str(root / "pinnace" / "a")
 
 
 def test_unavailable_reasons():

@@ -37,3 +37,14 @@ def test_idmapped_bind_failure_still_closes_and_never_attaches(monkeypatch):
         Mounter(fake).idmapped_bind("/src", "/dst", userns_fd=9)
     assert "move_mount" not in fake.names()
     assert closed == [7]
+
+
+def test_mount_attr_and_mounter_are_values():
+    a = sc.MountAttr(attr_set=sc.MOUNT_ATTR_IDMAP, userns_fd=9)
+    assert a == sc.MountAttr(sc.MOUNT_ATTR_IDMAP, 0, 0, 9)
+    assert a != sc.MountAttr()
+    assert hash(a) == hash(sc.MountAttr(sc.MOUNT_ATTR_IDMAP, userns_fd=9))
+    assert repr(sc.MountAttr()) == "MountAttr(attr_set=0, attr_clr=0, propagation=0, userns_fd=0)"
+    fake = RecordingSyscalls()
+    assert Mounter(fake) == Mounter(sys=fake)
+    assert repr(Mounter(fake)) == f"Mounter(sys={fake!r})"

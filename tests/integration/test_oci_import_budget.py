@@ -1,0 +1,92 @@
+"""The verbs an engine runs for every container import only what they need.
+
+Each `pinnace-oci` verb is a new process, so its imports are most of its
+cost (docs/RUNTIME-DESIGN.md, "Start-up cost"): these modules cost 2-13 ms
+each on the development VM and none of them is needed to create, start,
+kill or delete a container. The check runs the real verbs on a real
+container and reads the runtime process's sys.modules as it exits.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import sysconfig
+from pathlib import Path
+
+import pytest
+
+from tests.fixtures.oci import OCIRuntime, run_captured
+
+# stdlib modules that cost milliseconds to import; argparse is the slow CLI path,
+# grpc and pyroute2 belong to the CRI server.
+FORBIDDEN = frozenset(
+    {
+        "argparse",
+        "collections",
+        "contextlib",
+        "dataclasses",
+        "enum",
+        "functools",
+        "grpc",
+        "inspect",
+        "json",
+        "pathlib",
+        "pyroute2",
+        "re",
+        "selectors",
+        "signal",
+        "socket",
+        "subprocess",
+        "tempfile",
+        "threading",
+        "typing",
+    }
+)
+
+# Run a verb as pinnace-oci would, then report the modules loaded by the time it exits.
+DRIVER = """
+import os, sys
+report, paths, argv = sys.argv[1], sys.argv[2], sys.argv[3:]
+sys.path[:0] = paths.split(os.pathsep)
+from runtime.cli import main
+try:
+    main(argv)
+finally:
+    with open(report, "w") as f:
+        f.write("\\n".join(sorted(sys.modules)))
+"""
+
+
+def loaded_by(oci: OCIRuntime, tmp_path: Path, *args: str) -> set[str]:
+    report = tmp_path / "modules"
+    top = Path(__file__).resolve().parents[2]
+    # As the installed launcher runs it (runtime/launcher.py): -I -S, paths added by hand.
+    paths = os.pathsep.join([str(top), sysconfig.get_paths()["purelib"]])
+    argv = [sys.executable, "-I", "-S", "-c", DRIVER, str(report), paths]
+    argv += ["--root", str(oci.root), *args]
+    # output to files, not pipes: a created container's init inherits them (run_captured)
+    run_captured(argv, label=f"pinnace-oci {args[0]}", cwd=top, stdin=subprocess.DEVNULL)
+    return set(report.read_text().split())
+
+
+@pytest.mark.parametrize("verb", ["create", "start", "state", "kill", "delete"])
+def test_engine_verbs_stay_off_the_expensive_imports(verb, oci, make_bundle, tmp_path):
+    bundle = make_bundle(["sleep", "100"])
+    steps = {
+        "create": ["create", "--bundle", str(bundle), "b1"],
+        "start": ["start", "b1"],
+        "state": ["state", "b1"],
+        "kill": ["kill", "b1", "KILL"],
+        "delete": ["delete", "--force", "b1"],
+    }
+    for name, args in steps.items():
+        if name == verb:
+            modules = loaded_by(oci, tmp_path, *args)
+            assert not modules & FORBIDDEN, sorted(modules & FORBIDDEN)
+            break
+        oci(*args)
+    if verb == "state":
+        assert json.loads(oci("state", "b1").stdout)["status"] == "running"
