@@ -69,7 +69,9 @@ CREATE_DEFAULTS: dict[str, object] = {
 
 
 class FastVerb:
-    """One verb's options and positionals; a trailing "?" marks an optional positional."""
+    """One verb's options and positionals; a trailing "?" marks an optional positional.
+    `remainder`: argparse gives everything after the positionals to a REMAINDER argument
+    (exec's command), options included, so the fast path declines when anything follows."""
 
     def __init__(
         self,
@@ -77,11 +79,13 @@ class FastVerb:
         flags: dict[str, str],
         positionals: tuple[str, ...],
         defaults: dict[str, object],
+        remainder: bool = False,
     ) -> None:
         self.values = values
         self.flags = flags
         self.positionals = positionals
         self.defaults = defaults
+        self.remainder = remainder
 
 
 RUN_FLAGS = {
@@ -90,8 +94,53 @@ RUN_FLAGS = {
     "--keep": "keep",
     "--no-subreaper": "no_subreaper",
 }
+# exec as engines run it: `exec --process FILE [--detach] [--pid-file F] [--console-socket S]
+# ID`; the repeatable -e/-g/-c and a command after the id go to argparse.
+EXEC_VALUES = {
+    "-p": "process",
+    "--process": "process",
+    "--pid-file": "pid_file",
+    "--console-socket": "console_socket",
+    "--cwd": "cwd",
+    "-u": "user",
+    "--user": "user",
+    "--preserve-fds": "preserve_fds",
+    "--process-label": "process_label",
+    "--apparmor": "apparmor",
+    "--cgroup": "cgroup",
+}
+# The repeatable (action="append") options: the fast path leaves them to argparse.
+EXEC_REPEATED = frozenset({"-e", "--env", "-g", "--additional-gids", "-c", "--cap"})
+EXEC_FLAGS = {
+    "-t": "tty",
+    "--tty": "tty",
+    "-d": "detach",
+    "--detach": "detach",
+    "--no-new-privs": "no_new_privs",
+    "--ignore-paused": "ignore_paused",
+}
+EXEC_DEFAULTS: dict[str, object] = {
+    "process": None,
+    "tty": False,
+    "detach": False,
+    "pid_file": None,
+    "console_socket": None,
+    "env": [],
+    "cwd": None,
+    "user": None,
+    "additional_gids": [],
+    "cap": [],
+    "no_new_privs": False,
+    "preserve_fds": 0,
+    "process_label": None,
+    "apparmor": None,
+    "ignore_paused": False,
+    "cgroup": None,
+    "command": [],
+}
 FAST_VERBS = {
     "create": FastVerb(CREATE_VALUES, CREATE_FLAGS, ("id",), CREATE_DEFAULTS),
+    "exec": FastVerb(EXEC_VALUES, EXEC_FLAGS, ("id",), EXEC_DEFAULTS, remainder=True),
     "run": FastVerb(
         CREATE_VALUES,
         CREATE_FLAGS | RUN_FLAGS,
@@ -122,10 +171,12 @@ def fast_parse(argv: Sequence[str]) -> SimpleNamespace | None:
         return None
     verb = FAST_VERBS[argv[i]]
     out["verb"] = argv[i]
-    out.update(verb.defaults)
+    out.update({k: list(v) if isinstance(v, list) else v for k, v in verb.defaults.items()})
     positionals: list[str] = []
     i += 1
     while i < len(argv):
+        if verb.remainder and len(positionals) == len(verb.positionals):
+            return None
         if argv[i].startswith("-"):
             i = _option(argv, i, verb.values, verb.flags, out)
             if i < 0:

@@ -187,9 +187,6 @@ def create(root: RuntimeRoot, cid: str, opts: CreateOptions) -> ContainerState:
         manager.create(p.resources)
         state.cgroup_dir = manager.dir
         manager.apply(p.resources)  # limits in place before any process joins
-        from cgroups.devices import apply_device_rules
-
-        apply_device_rules(sc.libc(), manager.dir, device_policy(p.device_rules))
         ctx = InitContext(
             config=p.config,
             bundle=opts.bundle,
@@ -224,12 +221,20 @@ def create(root: RuntimeRoot, cid: str, opts: CreateOptions) -> ContainerState:
         if console_fd is not None:
             os.close(console_fd)  # the init has its copy
             console_fd = None
-        if direct:
-            msg: dict[str, Any] = {"type": "init", "pid": child}
-        else:
+        if not direct:
             if forked is None:
                 manager.add_process(child)
             ours.send("go")
+        # The device program is loaded while the init imports and mounts (two cores: ~1.5 ms
+        # off every create). It is in place before the init may go past "prepivot", which
+        # is where runc applies a cgroup's limits too: after the rootfs is made. Nothing the
+        # init does before that opens a device, and the defaults allow every mknod.
+        from cgroups.devices import apply_device_rules
+
+        apply_device_rules(s, manager.dir, device_policy(p.device_rules))
+        if direct:
+            msg: dict[str, Any] = {"type": "init", "pid": child}
+        else:
             msg = ours.recv("userns", "init")
         if msg["type"] == "userns":
             from namespaces.userns import IDMap, write_maps

@@ -10,20 +10,20 @@ Like the init, both are non-dumpable until the execve.
 
 from __future__ import annotations
 
-import contextlib
 import gc
-import json
 import os
-import signal
-from dataclasses import dataclass, field
-from typing import Any, NoReturn
 
 from namespaces import syscalls as sc
-from runtime import process
+from namespaces.record import Record
+from runtime import jsonio, process, signals
 from runtime.errors import InvalidState, RuntimeFailure, SpecError
 from runtime.init import FLAGS, JOIN_ORDER, PR_SET_DUMPABLE, _fail, console_size, owner_uid
 from runtime.state import CREATED, RUNNING, RuntimeRoot
 from runtime.sync import Channel
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any, NoReturn
 
 PR_SET_CHILD_SUBREAPER = 36
 PROC_NS = {
@@ -38,35 +38,66 @@ PROC_NS = {
 }
 
 
-@dataclass
-class ExecOptions:
-    process_file: str | None = None
-    args: list[str] = field(default_factory=list)
-    tty: bool = False
-    detach: bool = False
-    pid_file: str | None = None
-    console_socket: str | None = None
-    env: list[str] = field(default_factory=list)
-    cwd: str | None = None
-    user: str | None = None
-    caps: list[str] = field(default_factory=list)
-    no_new_privs: bool = False
-    preserve_fds: int = 0
-    additional_gids: list[int] = field(default_factory=list)
+class ExecOptions(Record):
+    __slots__ = (
+        "additional_gids",
+        "args",
+        "caps",
+        "console_socket",
+        "cwd",
+        "detach",
+        "env",
+        "no_new_privs",
+        "pid_file",
+        "preserve_fds",
+        "process_file",
+        "tty",
+        "user",
+    )
+
+    def __init__(
+        self,
+        process_file: str | None = None,
+        args: list[str] | None = None,
+        tty: bool = False,
+        detach: bool = False,
+        pid_file: str | None = None,
+        console_socket: str | None = None,
+        env: list[str] | None = None,
+        cwd: str | None = None,
+        user: str | None = None,
+        caps: list[str] | None = None,
+        no_new_privs: bool = False,
+        preserve_fds: int = 0,
+        additional_gids: list[int] | None = None,
+    ) -> None:
+        self.process_file = process_file
+        self.args = [] if args is None else args
+        self.tty = tty
+        self.detach = detach
+        self.pid_file = pid_file
+        self.console_socket = console_socket
+        self.env = [] if env is None else env
+        self.cwd = cwd
+        self.user = user
+        self.caps = [] if caps is None else caps
+        self.no_new_privs = no_new_privs
+        self.preserve_fds = preserve_fds
+        self.additional_gids = [] if additional_gids is None else additional_gids
 
 
 def exec_process_spec(config: dict[str, Any], opts: ExecOptions) -> dict[str, Any]:
     """The process to run: --process FILE, or the container's process with the flags applied."""
     if opts.process_file:
         try:
-            with open(opts.process_file) as f:
-                proc: dict[str, Any] = json.load(f)
+            with open(opts.process_file, "rb") as f:
+                proc: dict[str, Any] = jsonio.loads(f.read())
         except (OSError, ValueError) as exc:
             raise SpecError("--process", f"cannot read {opts.process_file}: {exc}") from None
         return proc
     if not opts.args:
         raise RuntimeFailure("exec needs a command (arguments, or --process FILE)")
-    base: dict[str, Any] = json.loads(json.dumps(config.get("process") or {}))
+    base: dict[str, Any] = jsonio.loads(jsonio.dumps(config.get("process") or {}))
     base["args"] = list(opts.args)
     base["terminal"] = opts.tty
     env = list(base.get("env") or []) + list(opts.env)
@@ -97,8 +128,8 @@ def exec_in(root: RuntimeRoot, cid: str, opts: ExecOptions) -> int:
     status = cdir.status(state)
     if status not in (RUNNING, CREATED):
         raise InvalidState(f"cannot exec in a {status} container", container=cid)
-    with open(state.config_path) as f:
-        config = json.load(f)
+    with open(state.config_path, "rb") as f:
+        config = jsonio.loads(f.read())
     proc = exec_process_spec(config, opts)
     if proc.get("terminal") and not opts.console_socket:
         raise RuntimeFailure(
@@ -138,12 +169,16 @@ def exec_in(root: RuntimeRoot, cid: str, opts: ExecOptions) -> int:
             raise RuntimeFailure("exec setup answered out of turn", container=cid)
         pid = int(got["pid"]["pid"])
     except BaseException:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(child, signal.SIGKILL)
+        try:
+            os.kill(child, signals.SIGKILL)
+        except ProcessLookupError:
+            pass
         raise
     finally:
-        with contextlib.suppress(ChildProcessError):
+        try:
             os.waitpid(child, 0)
+        except ChildProcessError:
+            pass
         ours.close()
     if opts.pid_file:
         from runtime.create import _write_pid_file
@@ -174,9 +209,11 @@ def _joiner(
         fds = {}
         for t, p in PROC_NS.items():
             path = f"/proc/{init_pid}/ns/{p}"
-            with contextlib.suppress(FileNotFoundError):
+            try:
                 if os.stat(path).st_ino != own[t]:
                     fds[t] = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+            except FileNotFoundError:
+                pass
         for t in JOIN_ORDER:
             if t in fds:
                 s.setns(fds[t], FLAGS[t])
@@ -206,20 +243,22 @@ def wait_forwarding_signals(pid: int) -> int:
     Returns its exit status, or 128+N when signal N killed it, as shells do.
     """
     forwarded = (
-        signal.SIGINT,
-        signal.SIGTERM,
-        signal.SIGHUP,
-        signal.SIGQUIT,
-        signal.SIGUSR1,
-        signal.SIGUSR2,
-        signal.SIGWINCH,
+        signals.SIGINT,
+        signals.SIGTERM,
+        signals.SIGHUP,
+        signals.SIGQUIT,
+        signals.SIGUSR1,
+        signals.SIGUSR2,
+        signals.SIGWINCH,
     )
 
     def forward(signum: int, _frame: object) -> None:
-        with contextlib.suppress(ProcessLookupError):
+        try:
             os.kill(pid, signum)
+        except ProcessLookupError:
+            pass
 
-    old = {sig: signal.signal(sig, forward) for sig in forwarded}
+    old = {sig: signals.set_handler(sig, forward) for sig in forwarded}
     try:
         while True:
             try:
@@ -230,7 +269,7 @@ def wait_forwarding_signals(pid: int) -> int:
                 break
     finally:
         for sig, handler in old.items():
-            signal.signal(sig, handler)
+            signals.set_handler(sig, handler)
     if os.WIFSIGNALED(status):
         return 128 + os.WTERMSIG(status)
     return os.WEXITSTATUS(status)

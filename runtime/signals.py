@@ -16,8 +16,14 @@ else:
     except ImportError:  # pragma: no cover - CPython always has it
         import signal as _sig
 
+SIGHUP: int = _sig.SIGHUP
+SIGINT: int = _sig.SIGINT
+SIGQUIT: int = _sig.SIGQUIT
 SIGKILL: int = _sig.SIGKILL
+SIGUSR1: int = _sig.SIGUSR1
+SIGUSR2: int = _sig.SIGUSR2
 SIGTERM: int = _sig.SIGTERM
+SIGWINCH: int = _sig.SIGWINCH
 SIGPIPE: int = _sig.SIGPIPE
 SIGXFSZ: int = _sig.SIGXFSZ
 NSIG: int = _sig.NSIG

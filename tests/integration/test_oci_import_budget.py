@@ -72,12 +72,17 @@ def loaded_by(oci: OCIRuntime, tmp_path: Path, *args: str) -> set[str]:
     return set(report.read_text().split())
 
 
-@pytest.mark.parametrize("verb", ["create", "start", "state", "kill", "delete"])
+@pytest.mark.parametrize("verb", ["create", "start", "exec", "state", "kill", "delete"])
 def test_engine_verbs_stay_off_the_expensive_imports(verb, oci, make_bundle, tmp_path):
     bundle = make_bundle(["sleep", "100"])
+    process_file = tmp_path / "process.json"
+    process = {"args": ["true"], "env": ["PATH=/bin"], "cwd": "/", "user": {"uid": 0, "gid": 0}}
+    process_file.write_text(json.dumps(process))
     steps = {
         "create": ["create", "--bundle", str(bundle), "b1"],
         "start": ["start", "b1"],
+        # as containerd's shim and conmon run it: the process as a file
+        "exec": ["exec", "--process", str(process_file), "--pid-file", str(tmp_path / "p"), "b1"],
         "state": ["state", "b1"],
         "kill": ["kill", "b1", "KILL"],
         "delete": ["delete", "--force", "b1"],
@@ -90,3 +95,10 @@ def test_engine_verbs_stay_off_the_expensive_imports(verb, oci, make_bundle, tmp
         oci(*args)
     if verb == "state":
         assert json.loads(oci("state", "b1").stdout)["status"] == "running"
+
+
+def test_run_stays_off_the_expensive_imports(oci, make_bundle, tmp_path):
+    """`run` is create, start, a wait and delete in one process."""
+    modules = loaded_by(oci, tmp_path, "run", "--bundle", str(make_bundle(["true"])), "r1")
+    assert not modules & FORBIDDEN, sorted(modules & FORBIDDEN)
+    assert oci.ids() == []
