@@ -478,11 +478,10 @@ def plan_process(process: Any, linux: Any, *, rootfs: str | None) -> ProcessPlan
 
 
 def preload(plan: ProcessPlan | None = None) -> None:
-    """Import and load now what the init needs after pivot_root (python-prctl, libseccomp).
+    """Import and load now what the init needs after pivot_root (libseccomp).
 
     With a plan, libseccomp is loaded only when the plan has a filter.
     """
-    caps.preload()
     if plan is None or plan.seccomp is not None:
         from runtime import seccomp
 
@@ -652,7 +651,7 @@ def apply_identity(plan: ProcessPlan, *, sys: Syscalls) -> None:
             ) from None
     _check_cwd_inside(plan.cwd)
     sys.prctl(PR_SET_KEEPCAPS, 0)
-    caps.set_capabilities(plan.capabilities)
+    caps.set_capabilities(plan.capabilities, sys=sys)
     caps.raise_ambient(plan.capabilities, sys=sys)
     if plan.user.umask is not None:
         os.umask(plan.user.umask)

@@ -23,15 +23,14 @@ VENV=/opt/pinnace/venv
 # What a node runs and what the test suite drives on it.
 APT_PACKAGES=(
   python3 python3-venv      # the runtime + ensurepip for the venv
-  libcap2                   # python-prctl's _prctl.so links libcap.so.2
   iproute2 nftables         # pod networking (veth, bridges, NAT)
   kmod util-linux procps    # modprobe, mount/unshare/nsenter, ps
   e2fsprogs zstd            # image layers, filesystems
   busybox-static            # fixture images are built from it (tests/fixtures)
   runc crun                 # peer runtimes for comparison benchmarks
 )
-# Only where pip builds from source (network mode): python-prctl is sdist-only.
-# The image build brings a host-built wheel instead, so the image has no compiler.
+# Only where pip builds from source (network mode), for a dependency without a wheel.
+# The image build brings host-built wheels instead, so the image has no compiler.
 BUILD_PACKAGES=(gcc libc6-dev libcap-dev python3-dev)
 
 say() { printf 'provision: %s\n' "$*" >&2; }

@@ -401,3 +401,20 @@ def test_oom_score_adj_raise_and_clamped_lower(spawn):
     else:
         assert got == own  # clamped: never more protected than the runtime itself
     assert path.read_text().strip() == str(got)
+
+
+def test_capabilities_above_31_are_set_too(make_bundle):
+    """capset takes each set as two 32-bit halves: CAP_BPF (39) and
+    CAP_CHECKPOINT_RESTORE (40) live in the second, CAP_CHOWN (0) in the first."""
+    names = ["CAP_CHOWN", "CAP_BPF", "CAP_CHECKPOINT_RESTORE"]
+    caps = {kind: names for kind in ("bounding", "permitted", "effective", "inheritable")}
+    caps["ambient"] = names
+    r = run_container(
+        make_bundle(["true"]),
+        ["cat", "/proc/self/status"],
+        process={"user": {"uid": 1000, "gid": 1000}, "capabilities": caps},
+    )
+    assert r.status == 0, r.err
+    assert status_sets(r.out) == dict.fromkeys(
+        ("bounding", "inheritable", "permitted", "effective", "ambient"), C.mask_of(names)
+    )

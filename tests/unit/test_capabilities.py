@@ -166,3 +166,17 @@ def test_read_status_sets():
         "bounding": 0x1FFFFFFFFFF,
         "ambient": 1,
     }
+
+
+def test_set_capabilities_is_one_capset_of_the_three_masks():
+    plan = C.CapabilityPlan(effective=0b101, permitted=0b111, inheritable=1 << 40)
+    fake = RecordingSyscalls()
+    C.set_capabilities(plan, sys=fake)
+    assert fake.calls == [("capset", (0b101, 0b111, 1 << 40))]
+
+
+def test_set_capabilities_failure_names_the_section():
+    fake = RecordingSyscalls(capset=(1,))  # EPERM
+    with pytest.raises(ProcessSetupError, match="capset failed") as err:
+        C.set_capabilities(C.CapabilityPlan(), sys=fake)
+    assert err.value.field == "process.capabilities"

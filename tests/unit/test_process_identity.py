@@ -46,7 +46,7 @@ class Recorder:
         monkeypatch.setattr(os, "chdir", chdir)
         monkeypatch.setattr(P, "_setgroups_allowed", lambda: True)
         monkeypatch.setattr(C, "drop_bounding", lambda plan, sys: ev.append(("bounding",)))
-        monkeypatch.setattr(C, "set_capabilities", lambda plan: ev.append(("capset",)))
+        monkeypatch.setattr(C, "set_capabilities", lambda plan, sys: ev.append(("capset",)))
         monkeypatch.setattr(C, "raise_ambient", lambda plan, sys: ev.append(("ambient",)))
         monkeypatch.setattr(S, "load", lambda prog: ev.append(("seccomp",)))
 
@@ -211,8 +211,7 @@ def test_oom_score_adj_range_is_checked_before_writing():
 def test_preload_loads_libseccomp_only_when_the_plan_needs_it(monkeypatch):
     loaded = []
     monkeypatch.setattr(S, "preload", lambda: loaded.append("libseccomp"))
-    monkeypatch.setattr(C, "preload", lambda: loaded.append("prctl"))
     P.preload(P.plan_process({"args": ["sh"], "cwd": "/"}, {}, rootfs=None))
-    assert loaded == ["prctl"]
+    assert loaded == []
     P.preload(make_plan())
-    assert loaded == ["prctl", "prctl", "libseccomp"]
+    assert loaded == ["libseccomp"]
