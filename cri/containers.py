@@ -19,7 +19,6 @@ import secrets
 import shutil
 import signal
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -37,6 +36,7 @@ from cri.errors import (
     InvalidArgument,
     NotFound,
 )
+from runtime import launcher
 
 log = logging.getLogger("pinnace.cri")
 
@@ -617,7 +617,7 @@ class ContainerManager:
             pidfile = os.path.join(work, "pid")
             with open(pfile, "w") as f:
                 json.dump(proc, f)
-            argv = [sys.executable, "-m", "runtime", "--root", self.deps.runtime_root]
+            argv = [*launcher.command(), "--root", self.deps.runtime_root]
             argv += ["exec", "--process", pfile, "--pid-file", pidfile, rec.id]
             return self._run_exec(argv, pidfile, timeout, rec.id)
         finally:

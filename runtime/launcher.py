@@ -40,6 +40,16 @@ sys.exit(main())
 """
 
 
+def command() -> list[str]:
+    """How a program on this Python runs pinnace-oci: the launcher beside the interpreter
+    (bin/setup installs it into the venv), else `python -m runtime`. The CRI server's exec
+    runs through it: one process per ExecSync, so its start-up is each exec's latency."""
+    script = os.path.join(os.path.dirname(sys.executable), "pinnace-oci")
+    if os.access(script, os.X_OK):
+        return [script]
+    return [sys.executable, "-m", "runtime"]
+
+
 def search_path() -> list[str]:
     """site-packages, then the directory holding the `runtime` package: the sys.path
     entries `site` adds for this installation (editable or not), in its order."""

@@ -20,7 +20,6 @@ import secrets
 import signal
 import socket
 import struct
-import sys
 import termios
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -29,6 +28,7 @@ from cri.monitor import listen_private
 from cri.streaming import status
 from cri.streaming.stdio import Size, Stdio
 from cri.streaming.tokens import StreamRequest
+from runtime import launcher
 
 log = logging.getLogger("pinnace.cri.streaming")
 
@@ -132,7 +132,7 @@ class _Exec:
             spec = await asyncio.to_thread(process_spec, self.bundle, list(req.cmd), req.tty)
             with open(self.process_file, "w") as f:
                 json.dump(spec, f)
-            argv = [sys.executable, "-m", "runtime", "--root", self.runtime_root, "exec"]
+            argv = [*launcher.command(), "--root", self.runtime_root, "exec"]
             argv += ["--process", self.process_file, "--pid-file", self.pid_file]
             if req.tty:
                 listen = listen_private(self.console_path, 1)

@@ -44,3 +44,16 @@ def test_a_usable_preference_is_taken(tmp_path):
 def test_bad_usage():
     assert launcher.main([]) == 2
     assert launcher.main(["--prefer", "x"]) == 2
+
+
+def test_command_prefers_the_launcher_beside_the_interpreter(tmp_path, monkeypatch):
+    from runtime import launcher
+
+    python = tmp_path / "python3"
+    python.write_text("")
+    monkeypatch.setattr(launcher.sys, "executable", str(python))
+    assert launcher.command() == [str(python), "-m", "runtime"]
+    script = tmp_path / "pinnace-oci"
+    script.write_text("#!/bin/sh\n")
+    script.chmod(0o755)
+    assert launcher.command() == [str(script)]
