@@ -11,6 +11,10 @@ and a readable repr (and a hash for the immutable ones).
 
 from __future__ import annotations
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Self
+
 
 class Record:
     """Fields are the leaf class's __slots__; equal when the type and every field are."""
@@ -25,6 +29,17 @@ class Record:
         if type(other) is not type(self):
             return NotImplemented
         return self._fields() == other._fields()
+
+    def replace(self, **changes: object) -> Self:
+        """A copy with some fields changed (dataclasses.replace)."""
+        new = object.__new__(type(self))
+        for name in type(self).__slots__:
+            object.__setattr__(
+                new, name, changes.pop(name) if name in changes else getattr(self, name)
+            )
+        if changes:
+            raise TypeError(f"{type(self).__name__} has no field {sorted(changes)[0]!r}")
+        return new
 
     def __repr__(self) -> str:
         inner = ", ".join(f"{n}={getattr(self, n)!r}" for n in type(self).__slots__)

@@ -62,6 +62,7 @@ SYS_OPENAT2 = 437
 SYS_MOUNT_SETATTR = 442
 SYS_BPF = 321  # x86_64 only (arm64: 280); used by Libc.bpf
 _LINUX_CAPABILITY_VERSION_3 = 0x20080522  # linux/capability.h: 64-bit sets
+SECCOMP_SET_MODE_FILTER = 1  # linux/seccomp.h
 # Read once: after personality(LINUX32) uname says i686, and the init sets the
 # personality before its capset.
 _MACHINE = os.uname().machine
@@ -152,6 +153,7 @@ class Syscalls(Protocol):
     def close_range(self, first: int, last: int, flags: int = 0) -> None: ...
     def prctl(self, option: int, arg2: int = 0, arg3: int = 0) -> int: ...
     def capset(self, effective: int, permitted: int, inheritable: int) -> None: ...
+    def seccomp_set_filter(self, flags: int, program: bytes) -> None: ...
 
     # --- new mount API (fsopen/fsconfig/fsmount), added for overlayfs/ ----------
     def fsopen(self, fs_name: str, flags: int = 0) -> int: ...
@@ -312,6 +314,26 @@ class Libc:
             inheritable >> 32,
         )
         self._check(self._syscall(ctypes.c_long(nr), header, data), "capset")
+
+    def seccomp_set_filter(self, flags: int, program: bytes) -> None:
+        """seccomp(SECCOMP_SET_MODE_FILTER, flags, prog): install a classic-BPF filter
+        (`program` is its struct sock_filter array, 8 bytes per instruction)."""
+        nr = {"x86_64": 317, "aarch64": 277}[_MACHINE]
+        insns = ctypes.create_string_buffer(program, len(program))
+
+        class SockFprog(ctypes.Structure):
+            _fields_ = (("len", ctypes.c_ushort), ("filter", ctypes.c_void_p))
+
+        prog = SockFprog(len(program) // 8, ctypes.addressof(insns))
+        ret = self._syscall(
+            ctypes.c_long(nr),
+            ctypes.c_uint(SECCOMP_SET_MODE_FILTER),
+            ctypes.c_uint(flags),
+            ctypes.byref(prog),
+        )
+        if ret > 0:  # TSYNC: the id of a thread that could not be synchronised
+            raise SyscallError(errno_mod.EBUSY, "seccomp", f"thread {ret}")
+        self._check(ret, "seccomp")
 
     # --- new mount API (fsopen/fsconfig/fsmount), added for overlayfs/ ----------
     # overlayfs mounts many lower layers one at a time with `lowerdir+` (Linux

@@ -152,6 +152,10 @@ def device_policy(rules: list[Any]) -> list[Any]:
 def create(root: RuntimeRoot, cid: str, opts: CreateOptions) -> ContainerState:
     opts.bundle = os.path.abspath(opts.bundle)
     p = prepare(cid, opts)
+    if p.plan.seccomp is not None:
+        from runtime import seccomp
+
+        p.plan = p.plan.replace(seccomp=seccomp.compiled(p.plan.seccomp, root.seccomp_cache))
     from cgroups.manager import CgroupV2Manager
 
     cdir = root.new(cid)

@@ -136,6 +136,10 @@ def exec_in(root: RuntimeRoot, cid: str, opts: ExecOptions) -> int:
             "--tty needs --console-socket to receive the pty master", container=cid
         )
     plan = process.plan_process(proc, config.get("linux") or {}, rootfs=state.rootfs)
+    if plan.seccomp is not None:
+        from runtime import seccomp
+
+        plan = plan.replace(seccomp=seccomp.compiled(plan.seccomp, root.seccomp_cache))
     s = sc.libc()
     s.prctl(PR_SET_CHILD_SUBREAPER, 1)
     from cgroups.manager import CgroupV2Manager

@@ -480,9 +480,10 @@ def plan_process(process: Any, linux: Any, *, rootfs: str | None) -> ProcessPlan
 def preload(plan: ProcessPlan | None = None) -> None:
     """Import and load now what the init needs after pivot_root (libseccomp).
 
-    With a plan, libseccomp is loaded only when the plan has a filter.
+    With a plan, libseccomp is loaded only when the plan has a filter that is not
+    compiled yet (runtime.seccomp.compiled).
     """
-    if plan is None or plan.seccomp is not None:
+    if plan is None or (plan.seccomp is not None and plan.seccomp.bpf is None):
         from runtime import seccomp
 
         seccomp.preload()
@@ -636,7 +637,7 @@ def apply_identity(plan: ProcessPlan, *, sys: Syscalls) -> None:
     if plan.seccomp is not None and not plan.no_new_privileges:
         from runtime import seccomp  # imported by plan_process already
 
-        seccomp.load(plan.seccomp)
+        seccomp.load(plan.seccomp, sys=sys)
     in_cwd = _chdir(plan.cwd)
     caps.drop_bounding(plan.capabilities, sys=sys)
     _set_user(plan.user, sys=sys)
@@ -892,7 +893,7 @@ def exec_process(
         if plan.seccomp is not None and plan.no_new_privileges:
             from runtime import seccomp  # imported by plan_process already
 
-            seccomp.load(plan.seccomp)
+            seccomp.load(plan.seccomp, sys=sys)
     except ExecLookupError as exc:
         _die(str(exc), exc.exit_code)
     except BaseException as exc:

@@ -23,10 +23,16 @@ from __future__ import annotations
 
 import errno
 import os
-from dataclasses import dataclass, field
-from typing import Any, NamedTuple
 
+from namespaces.record import FrozenRecord
+from namespaces.syscalls import SyscallError
 from runtime.errors import ProcessSetupError, SpecError
+
+TYPE_CHECKING = False  # no typing, dataclasses: every engine's config has a filter
+if TYPE_CHECKING:
+    from typing import Any
+
+    from namespaces.syscalls import Syscalls
 
 # Actions (seccomp.h). ERRNO and TRACE carry a 16-bit datum.
 ACT_KILL_PROCESS = 0x80000000
@@ -97,6 +103,9 @@ ATTR_CTL_TSYNC = 4
 ATTR_CTL_LOG = 6
 ATTR_CTL_SSB = 7
 
+# libseccomp attributes -> the seccomp(2) flags seccomp_load passes for them
+KERNEL_FLAGS = {ATTR_CTL_TSYNC: 1, ATTR_CTL_LOG: 2, ATTR_CTL_SSB: 4}
+
 FLAGS: dict[str, int | None] = {
     "SECCOMP_FILTER_FLAG_TSYNC": ATTR_CTL_TSYNC,
     "SECCOMP_FILTER_FLAG_LOG": ATTR_CTL_LOG,
@@ -108,32 +117,62 @@ NR_SCMP_ERROR = -1
 LIBRARY = "libseccomp.so.2"
 
 
-class ArgCondition(NamedTuple):
-    arg: int  # the syscall argument's index, 0..5
-    op: int
-    value: int
-    value_two: int = 0
+class ArgCondition(FrozenRecord):
+    __slots__ = ("arg", "op", "value", "value_two")
+
+    def __init__(self, arg: int, op: int, value: int, value_two: int = 0) -> None:
+        self.arg = arg  # the syscall argument's index, 0..5
+        self.op = op
+        self.value = value
+        self.value_two = value_two
 
 
-class Rule(NamedTuple):
+class Rule(FrozenRecord):
     """One libseccomp rule: an action for a syscall number, under AND-ed conditions."""
 
-    action: int
-    syscall: int
-    name: str
-    field: str  # where it came from, e.g. linux.seccomp.syscalls[3]
-    conditions: tuple[ArgCondition, ...] = ()
+    __slots__ = ("action", "conditions", "field", "name", "syscall")
+
+    def __init__(
+        self,
+        action: int,
+        syscall: int,
+        name: str,
+        field: str,  # where it came from, e.g. linux.seccomp.syscalls[3]
+        conditions: tuple[ArgCondition, ...] = (),
+    ) -> None:
+        self.action = action
+        self.syscall = syscall
+        self.name = name
+        self.field = field
+        self.conditions = conditions
 
 
-@dataclass(frozen=True)
-class SeccompProgram:
+class SeccompProgram(FrozenRecord):
     """A checked `linux.seccomp`, everything resolved to numbers; compile it with `build`."""
 
-    default_action: int
-    arches: tuple[int, ...]  # libseccomp arch tokens
-    rules: tuple[Rule, ...]
-    attributes: tuple[tuple[int, int], ...]  # (scmp_filter_attr, value)
-    notes: tuple[str, ...] = field(default=())
+    __slots__ = ("arches", "attributes", "bpf", "default_action", "notes", "rules")
+
+    def __init__(
+        self,
+        default_action: int,
+        arches: tuple[int, ...],  # libseccomp arch tokens
+        rules: tuple[Rule, ...],
+        attributes: tuple[tuple[int, int], ...],  # (scmp_filter_attr, value)
+        notes: tuple[str, ...] = (),
+        bpf: bytes | None = None,  # the compiled filter, once `compiled` has made it
+    ) -> None:
+        self.default_action = default_action
+        self.arches = arches
+        self.rules = rules
+        self.attributes = attributes
+        self.notes = notes
+        self.bpf = bpf
+
+    def kernel_flags(self) -> int:
+        """The seccomp(2) SECCOMP_FILTER_FLAG_* bits libseccomp would load it with."""
+        return sum(
+            KERNEL_FLAGS[attr] for attr, on in self.attributes if on and attr in KERNEL_FLAGS
+        )
 
 
 # --- libseccomp through ctypes ---------------------------------------------------
@@ -477,7 +516,71 @@ class Filter:
         return self._export(self.lib.seccomp_export_bpf)
 
 
-def load(program: SeccompProgram) -> None:
-    """Compile `program` and install it in the calling process."""
+def load(program: SeccompProgram, *, sys: Syscalls | None = None) -> None:
+    """Install `program` in the calling process: its compiled filter through seccomp(2)
+    when `compiled` made one (libseccomp is not even loaded then), else through
+    libseccomp."""
+    if program.bpf is not None and sys is not None:
+        try:
+            sys.seccomp_set_filter(program.kernel_flags(), program.bpf)
+        except SyscallError as exc:
+            hint = ""
+            if exc.errno == errno.EACCES:
+                hint = " (without no_new_privs, loading a filter needs CAP_SYS_ADMIN)"
+            raise ProcessSetupError(
+                f"loading the seccomp filter failed: {exc.strerror}{hint}", field="linux.seccomp"
+            ) from None
+        return
     with Filter(program) as f:
         f.load()
+
+
+# --- compiled filters, cached --------------------------------------------------------
+# libseccomp takes ~12 ms here to build and compile docker's default profile (~370
+# rules), and every container and every exec of an engine carries a profile, nearly
+# always the same one. So the runtime compiles each distinct program once and keeps the
+# BPF under --root (tmpfs, root only): the key hashes everything the compilation reads
+# (the resolved program, the libseccomp version, the machine), so a new libseccomp or
+# a changed profile is a new entry, never a stale one.
+CACHE_FORMAT = 1
+
+
+def cache_key(program: SeccompProgram) -> str:
+    # BLAKE2b from CPython's built-in module: hashlib would first load OpenSSL (~4 ms).
+    from _blake2 import blake2b
+
+    parts = (
+        CACHE_FORMAT,
+        library().version(),
+        os.uname().machine,
+        program.default_action,
+        program.arches,
+        [(r.action, r.syscall, [c._fields() for c in r.conditions]) for r in program.rules],
+        program.attributes,
+    )
+    return blake2b(repr(parts).encode(), digest_size=32).hexdigest()
+
+
+def compiled(program: SeccompProgram, cache_dir: str) -> SeccompProgram:
+    """`program` with its BPF: from `cache_dir` when compiled before, else compiled by
+    libseccomp now and stored there (atomically, 0600). Called by the runtime before
+    it forks, so the container's init needs neither libseccomp nor the compile."""
+    path = os.path.join(cache_dir, cache_key(program) + ".bpf")
+    try:
+        with open(path, "rb") as f:
+            bpf = f.read()
+        if bpf and len(bpf) % 8 == 0:
+            return program.replace(bpf=bpf)
+    except FileNotFoundError:
+        pass
+    with Filter(program) as f:
+        bpf = f.export_bpf()
+    os.makedirs(cache_dir, mode=0o700, exist_ok=True)
+    tmp = f"{path}.{os.getpid()}.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+    try:
+        os.write(fd, bpf)
+    finally:
+        os.close(fd)
+    os.rename(tmp, path)
+    return program.replace(bpf=bpf)

@@ -251,6 +251,12 @@ class RuntimeRoot:
     def __init__(self, path: str = DEFAULT_ROOT) -> None:
         self.path = path
 
+    @property
+    def seccomp_cache(self) -> str:
+        """Where compiled seccomp filters are kept (runtime.seccomp.compiled); '@' is
+        not allowed in an id, so no container can have this directory's name."""
+        return os.path.join(self.path, "@seccomp")
+
     def get(self, cid: str) -> ContainerDir:
         validate_id(cid)
         d = ContainerDir(os.path.join(self.path, cid))

@@ -103,3 +103,34 @@ def test_default_profile_denies_unshare_and_mount_even_with_cap_sys_admin(make_b
     assert r.out.split() == ["unshare=1", "mount=1"], r.err
     assert "unshare: unshare(0x4000000): Operation not permitted" in r.err
     assert "mount: permission denied" in r.err  # busybox's words for EPERM
+
+
+@pytest.mark.parametrize("nnp", [True, False], ids=["late-with-nnp", "early-without-nnp"])
+def test_the_cli_compiles_a_profile_once_and_loads_it_raw(oci, make_bundle, nnp):
+    """pinnace-oci compiles each distinct profile once (runtime.seccomp.compiled) and the
+    init loads the cached BPF with seccomp(2): the filter must act as libseccomp's does,
+    for `run`, again from the cache, and for `exec`."""
+    from runtime import seccomp
+
+    def edit(config):
+        config["process"]["noNewPrivileges"] = nnp
+        config["linux"]["seccomp"] = DENY_MKDIR
+
+    bundle = make_bundle(["sh", "-c", MKDIR_SCRIPT], edit=edit)
+    for cid in ("first", "cached"):
+        res = oci("run", "--bundle", str(bundle), cid, check=False)
+        assert res.returncode == 0, res.stderr
+        assert res.stdout.splitlines() == ["rc=1", "ok", "Seccomp:\t2"], res.stdout
+        assert "Operation not permitted" in res.stderr
+    cache = oci.root / "@seccomp"
+    (entry,) = cache.iterdir()
+    assert entry.suffix == ".bpf"
+    assert entry.stat().st_mode & 0o777 == 0o600
+    with seccomp.Filter(seccomp.plan_seccomp(DENY_MKDIR)) as f:
+        assert entry.read_bytes() == f.export_bpf()
+
+    sleeper = make_bundle(["sleep", "100"], edit=edit)
+    oci("run", "--detach", "--bundle", str(sleeper), "long")
+    res = oci("exec", "long", "sh", "-c", "mkdir /tmp/x; echo rc=$?", check=False)
+    assert res.stdout == "rc=1\n", res.stderr
+    assert len(list(cache.iterdir())) == 1  # the same program: the same entry

@@ -51,7 +51,7 @@ def test_command_prefers_the_launcher_beside_the_interpreter(tmp_path, monkeypat
 
     python = tmp_path / "python3"
     python.write_text("")
-    monkeypatch.setattr(launcher.sys, "executable", str(python))
+    monkeypatch.setattr("sys.executable", str(python))
     assert launcher.command() == [str(python), "-m", "runtime"]
     script = tmp_path / "pinnace-oci"
     script.write_text("#!/bin/sh\n")

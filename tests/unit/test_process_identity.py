@@ -48,7 +48,7 @@ class Recorder:
         monkeypatch.setattr(C, "drop_bounding", lambda plan, sys: ev.append(("bounding",)))
         monkeypatch.setattr(C, "set_capabilities", lambda plan, sys: ev.append(("capset",)))
         monkeypatch.setattr(C, "raise_ambient", lambda plan, sys: ev.append(("ambient",)))
-        monkeypatch.setattr(S, "load", lambda prog: ev.append(("seccomp",)))
+        monkeypatch.setattr(S, "load", lambda prog, sys: ev.append(("seccomp",)))
 
     def names(self):
         return [e[0] for e in self.events]

@@ -244,3 +244,39 @@ def test_default_profile_compiles_without_the_dangerous_calls():
         assert f'filter for syscall "{name}"' not in text, name
     assert f"action ERRNO({errno.ENOSYS});" in text  # clone3
     assert f"& 0x{profile.CLONE_NAMESPACE_FLAGS:08x}" in text  # clone's namespace flags
+
+
+DENY_MKDIR = {
+    "defaultAction": "SCMP_ACT_ALLOW",
+    "syscalls": [{"names": ["mkdir"], "action": "SCMP_ACT_ERRNO", "errnoRet": 1}],
+}
+
+
+def test_compiled_is_made_once_then_read_from_the_cache(tmp_path, monkeypatch):
+    program = S.plan_seccomp(DENY_MKDIR)
+    first = S.compiled(program, str(tmp_path / "cache"))
+    assert first.bpf and len(first.bpf) % 8 == 0
+    assert first.replace(bpf=None) == program  # only the filter was added
+
+    def no_libseccomp(*_args):
+        raise AssertionError("compiled again")
+
+    monkeypatch.setattr(S, "Filter", no_libseccomp)
+    assert S.compiled(program, str(tmp_path / "cache")).bpf == first.bpf
+
+
+def test_a_damaged_cache_entry_is_compiled_again(tmp_path):
+    program = S.plan_seccomp(DENY_MKDIR)
+    good = S.compiled(program, str(tmp_path)).bpf
+    (entry,) = tmp_path.iterdir()
+    entry.write_bytes(b"\0" * 7)  # not whole instructions
+    assert S.compiled(program, str(tmp_path)).bpf == good
+    assert entry.read_bytes() == good
+
+
+def test_the_cache_key_follows_the_program():
+    a = S.plan_seccomp(DENY_MKDIR)
+    b = S.plan_seccomp(DENY_MKDIR | {"flags": ["SECCOMP_FILTER_FLAG_LOG"]})
+    assert S.cache_key(a) == S.cache_key(S.plan_seccomp(DENY_MKDIR))
+    assert S.cache_key(a) != S.cache_key(b)
+    assert b.kernel_flags() == 2 and a.kernel_flags() == 0
