@@ -1,9 +1,11 @@
 """Benchmark: pinnace-oci against runc and crun on one busybox bundle (the youki method).
 
-    .venv/bin/python bench/oci_bench.py [-n 50] [--runs 100] [--runtime NAME=COMMAND ...]
+    .venv/bin/python bench/oci_bench.py [-n 50] [--runs 100] [--seccomp] [--runtime NAME=COMMAND ...]
 
 One bundle (the fixture `busybox` image unpacked, a config.json running
-`true` in new pid/mount/ipc/uts/net namespaces) serves every runtime:
+`true` in new pid/mount/ipc/uts/net namespaces; with --seccomp also the
+default seccomp profile, as docker, containerd and podman pass one) serves
+every runtime:
 
   cycle  `create && start && delete --force` of one container, N times:
          median and p90 per cycle, and the median of each verb
@@ -71,8 +73,10 @@ def default_runtimes(scratch: Path) -> list[Runtime]:
     return found
 
 
-def make_bundle(dest: Path) -> Path:
-    """The busybox fixture image unpacked into dest/rootfs, and a config.json running `true`."""
+def make_bundle(dest: Path, *, seccomp: bool = False) -> Path:
+    """The busybox fixture image unpacked into dest/rootfs, and a config.json running `true`;
+    with `seccomp`, also the default profile `pinnace-oci spec` writes (docker's, as engines
+    pass one for every container)."""
     import json
 
     sys.path.insert(0, str(TOP))  # tests/ is not an installed package
@@ -84,6 +88,10 @@ def make_bundle(dest: Path) -> Path:
     shutil.rmtree(dest / "layout")
     config = minimal_config(["true"])
     config["ociVersion"] = "1.0.2"  # Debian's crun 1.8 refuses 1.2.0 ("unknown version specified")
+    if seccomp:
+        from runtime.defaults import default_config
+
+        config["linux"]["seccomp"] = default_config()["linux"]["seccomp"]
     (dest / "bundle" / "config.json").write_text(json.dumps(config))
     return dest / "bundle"
 
@@ -166,11 +174,12 @@ def describe(rt: Runtime) -> str:
     return " ".join(rt.command)
 
 
-def report(runtimes: list[Runtime], n: int, runs: int) -> str:
+def report(runtimes: list[Runtime], n: int, runs: int, *, seccomp: bool = False) -> str:
     ms = 1000.0
+    profile = "with the default seccomp profile" if seccomp else "without a seccomp profile"
     lines = [
         f"host: {platform.release()}, {os.cpu_count()} cpus; "
-        "cycle = create + start + delete --force of a busybox `true` container",
+        f"cycle = create + start + delete --force of a busybox `true` container, {profile}",
         *(f"  {rt.name}: {describe(rt)}" for rt in runtimes),
         "",
         f"{'runtime':<12} {'cycle median':>13} {'cycle p90':>10}   "
@@ -231,6 +240,11 @@ def main(argv: list[str] | None = None) -> int:
         action="append",
         help="NAME=COMMAND (repeatable; default: pinnace-oci, runc, crun)",
     )
+    ap.add_argument(
+        "--seccomp",
+        action="store_true",
+        help="give the bundle the default seccomp profile (as engines do)",
+    )
     args = ap.parse_args(argv)
     if args.n < 1:
         ap.error("-n must be at least 1")
@@ -239,14 +253,16 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     with tempfile.TemporaryDirectory(prefix="pinnace-bench-") as tmp:
         runtimes = args.runtime or default_runtimes(Path(tmp))
-        bundle = make_bundle(Path(tmp))
+        bundle = make_bundle(Path(tmp), seccomp=args.seccomp)
         for rt in runtimes:
             rt.root = Path(tmp) / f"root-{rt.name}"
         try:
             bench(runtimes, bundle, args.n, args.runs, args.warmup)
         finally:
             cleanup(runtimes)
-        print(report(runtimes, args.n, args.runs))  # before `tmp` goes: it may hold the launcher
+        print(
+            report(runtimes, args.n, args.runs, seccomp=args.seccomp)
+        )  # before `tmp` goes: it may hold the launcher
     return 1 if any(r.error for r in runtimes if r.name == "pinnace-oci") else 0
 
 

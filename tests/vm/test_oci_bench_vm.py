@@ -4,7 +4,8 @@ crun refuses the host's hybrid cgroups ("cgroups in hybrid mode not supported"),
 so the three-way comparison runs here (vagrant/provision.sh puts runc and crun in
 the guest). Under qemu TCG every process is ~10-35x slower than on the host:
 read the ratios, not the milliseconds. The table goes to the terminal; the test
-only checks that every runtime ran. Kept small (a few cycles) for TCG.
+only checks that every runtime ran. Kept small (a few cycles) for TCG. It runs
+twice: the plain bundle, and with the default seccomp profile engines pass.
 """
 
 import subprocess
@@ -18,9 +19,10 @@ pytestmark = pytest.mark.vm
 TOP = Path(__file__).resolve().parents[2]
 
 
-def test_bench_runs_pinnace_runc_and_crun(require_root, capsys):
+@pytest.mark.parametrize("profile", [[], ["--seccomp"]], ids=["plain", "seccomp"])
+def test_bench_runs_pinnace_runc_and_crun(require_root, capsys, profile):
     res = subprocess.run(
-        [sys.executable, str(TOP / "bench" / "oci_bench.py"), "-n", "5", "--runs", "5"],
+        [sys.executable, str(TOP / "bench" / "oci_bench.py"), "-n", "5", "--runs", "5", *profile],
         capture_output=True,
         text=True,
         timeout=900,
