@@ -575,6 +575,8 @@ def compiled(program: SeccompProgram, cache_dir: str) -> SeccompProgram:
         pass
     with Filter(program) as f:
         bpf = f.export_bpf()
+    # the --root too, if this is its first use: 0700 like RuntimeRoot.new makes it
+    os.makedirs(os.path.dirname(cache_dir), mode=0o700, exist_ok=True)
     os.makedirs(cache_dir, mode=0o700, exist_ok=True)
     tmp = f"{path}.{os.getpid()}.tmp"
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)

@@ -280,3 +280,10 @@ def test_the_cache_key_follows_the_program():
     assert S.cache_key(a) == S.cache_key(S.plan_seccomp(DENY_MKDIR))
     assert S.cache_key(a) != S.cache_key(b)
     assert b.kernel_flags() == 2 and a.kernel_flags() == 0
+
+
+def test_the_cache_makes_a_missing_root_private(tmp_path):
+    root = tmp_path / "root"
+    S.compiled(S.plan_seccomp(DENY_MKDIR), str(root / "@seccomp"))
+    assert root.stat().st_mode & 0o777 == 0o700
+    assert (root / "@seccomp").stat().st_mode & 0o777 == 0o700
