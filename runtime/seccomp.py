@@ -555,7 +555,10 @@ def cache_key(program: SeccompProgram) -> str:
         os.uname().machine,
         program.default_action,
         program.arches,
-        [(r.action, r.syscall, [c._fields() for c in r.conditions]) for r in program.rules],
+        [
+            (r.action, r.syscall, [(c.arg, c.op, c.value, c.value_two) for c in r.conditions])
+            for r in program.rules
+        ],
         program.attributes,
     )
     return blake2b(repr(parts).encode(), digest_size=32).hexdigest()
