@@ -426,6 +426,44 @@ def start_pinnace(
     return srv
 
 
+def start_containerd(
+    base: Path, layout: Path, target: Target, cleanups: list[Callable[[], None]]
+) -> Any:
+    """A private containerd (bench/cri_containerd.py) for `target`, with busybox and the
+    bench's sandbox image imported; its clean-up (every pod through the CRI, the daemon,
+    its mounts and cgroups) is registered first. Raises ContainerdUnavailable."""
+    import cri_containerd as ctrd_mod
+    import grpc
+
+    from cri.api import api_pb2_grpc
+
+    handle: Any = None
+    channel: Any = None
+
+    def stop() -> None:
+        if handle is None:
+            return
+        target.remove_all()
+        if channel is not None:
+            channel.close()
+        ctrd_mod.stop(handle)
+        ctrd_mod.unmount_under(handle.top)
+        ctrd_mod.remove_cgroups(target.cgroup_parent.split("/")[1])
+
+    cleanups.append(stop)
+    archive = ctrd_mod.write_archive(
+        layout,
+        base / "images.tar",
+        {"busybox:latest": BUSYBOX_IMAGE, "pause-bench:latest": ctrd_mod.PAUSE_IMAGE},
+    )
+    handle = ctrd_mod.start(base / "containerd")
+    ctrd_mod.import_images(handle, archive)
+    channel = grpc.insecure_channel(f"unix:{handle.socket}")
+    stub: Any = api_pb2_grpc.RuntimeServiceStub  # generated, untyped
+    target.rt = stub(channel)
+    return handle
+
+
 def ratio(a: float | None, b: float | None) -> str:
     return f"{a / b:.2f}" if a is not None and b else "-"
 
@@ -539,9 +577,6 @@ def run(
 ) -> tuple[str, bool]:
     """Measure everything; the printed result, and whether Pinnace failed."""
     import cri_containerd as ctrd_mod
-    import grpc
-
-    from cri.api import api_pb2_grpc
 
     tag = uuid.uuid4().hex[:8]
     layout = build_layout(base / "layout")
@@ -561,33 +596,8 @@ def run(
     if args.no_containerd:
         ctr.error = "skipped (--no-containerd)"
     else:
-        channel: Any = None
-
-        def stop_containerd() -> None:
-            if handle is None:
-                return
-            ctr.remove_all()
-            if channel is not None:
-                channel.close()
-            ctrd_mod.stop(handle)
-            ctrd_mod.unmount_under(handle.top)
-            ctrd_mod.remove_cgroups(ctr.cgroup_parent.split("/")[1])
-
-        cleanups.append(stop_containerd)
         try:
-            archive = ctrd_mod.write_archive(
-                layout,
-                base / "images.tar",
-                {
-                    "busybox:latest": BUSYBOX_IMAGE,
-                    "pause-bench:latest": ctrd_mod.PAUSE_IMAGE,
-                },
-            )
-            handle = ctrd_mod.start(base / "containerd")
-            ctrd_mod.import_images(handle, archive)
-            channel = grpc.insecure_channel(f"unix:{handle.socket}")
-            stub: Any = api_pb2_grpc.RuntimeServiceStub  # generated, untyped
-            ctr.rt = stub(channel)
+            handle = start_containerd(base, layout, ctr, cleanups)
             ctr.memory["version"] = (
                 f"{handle.version()}, runc shim v2 "
                 "(sandbox image: busybox `sleep infinity`, cgroupfs)"

@@ -376,10 +376,7 @@ def run(
 ) -> tuple[str, bool]:
     """Measure everything; the printed result, and whether Pinnace failed."""
     import cri_containerd as ctrd_mod
-    import grpc
-    from cri_bench import Target, build_layout, start_pinnace
-
-    from cri.api import api_pb2_grpc
+    from cri_bench import Target, build_layout, start_containerd, start_pinnace
 
     tag = uuid.uuid4().hex[:8]
     layout = build_layout(base / "layout")
@@ -399,34 +396,8 @@ def run(
     if args.no_containerd:
         errors["containerd"] = "skipped (--no-containerd)"
     else:
-        handle: Any = None
-        channel: Any = None
-
-        def stop_containerd() -> None:
-            if handle is None:
-                return
-            ctr.remove_all()
-            if channel is not None:
-                channel.close()
-            ctrd_mod.stop(handle)
-            ctrd_mod.unmount_under(handle.top)
-            ctrd_mod.remove_cgroups(ctr.cgroup_parent.split("/")[1])
-
-        cleanups.append(stop_containerd)
         try:
-            archive = ctrd_mod.write_archive(
-                layout,
-                base / "images.tar",
-                {
-                    "busybox:latest": ctrd_mod.BUSYBOX_IMAGE,
-                    "pause-bench:latest": ctrd_mod.PAUSE_IMAGE,
-                },
-            )
-            handle = ctrd_mod.start(base / "containerd")
-            ctrd_mod.import_images(handle, archive)
-            channel = grpc.insecure_channel(f"unix:{handle.socket}")
-            stub: Any = api_pb2_grpc.RuntimeServiceStub  # generated, untyped
-            ctr.rt = stub(channel)
+            handle = start_containerd(base, layout, ctr, cleanups)
             versions["containerd"] = f"{handle.version()}, runc shim v2"
             runtimes.append(Runtime(ctr))
         except ctrd_mod.ContainerdUnavailable as exc:
