@@ -47,6 +47,7 @@ from cgroups.resources import (
     unified_controller,
 )
 from namespaces.record import FrozenRecord, Record
+from namespaces.signals import SIGKILL
 from namespaces.syscalls import SyscallError, Syscalls, libc
 
 TYPE_CHECKING = False
@@ -66,7 +67,6 @@ else:
 
 SYS_DEV_BLOCK = "/sys/dev/block"
 DEFAULT_TIMEOUT = 10.0  # seconds for freeze/thaw/destroy waits
-SIGKILL = 9  # signal.SIGKILL on Linux; the signal module imports enum (~4 ms)
 
 # The order controllers are checked in, so the error for a set missing
 # several names the same one every time.

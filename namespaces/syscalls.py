@@ -14,16 +14,14 @@ import errno as errno_mod
 import os
 
 from namespaces.record import FrozenRecord
+from namespaces.signals import SIGCHLD
 
-# Type-only imports, and _signal rather than signal (whose IntEnums import enum):
-# every pinnace-oci verb imports this module (see namespaces/record.py for the cost).
+# Type-only imports: every pinnace-oci verb imports this module (see
+# namespaces/record.py for the cost).
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from signal import SIGCHLD as _SIGCHLD
     from typing import Protocol
 else:
-    from _signal import SIGCHLD as _SIGCHLD
-
     Protocol = object
 
 # Namespace flags (linux/sched.h).
@@ -417,7 +415,7 @@ class Libc:
         GIL throughout (through PyDLL), as os.fork does, so the child resumes holding it.
         No new stack (stack 0): like fork, the child continues on a copy of the parent's.
         """
-        args = _CloneArgs(flags=CLONE_INTO_CGROUP | flags, exit_signal=_SIGCHLD, cgroup=cgroup_fd)
+        args = _CloneArgs(flags=CLONE_INTO_CGROUP | flags, exit_signal=SIGCHLD, cgroup=cgroup_fd)
         syscall = ctypes.PyDLL(None, use_errno=True).syscall
         syscall.restype = ctypes.c_long
         ret = syscall(

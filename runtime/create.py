@@ -13,10 +13,10 @@ import time
 
 from namespaces import syscalls as sc
 from namespaces.record import Record
+from namespaces.signals import SIGKILL
 from runtime import process, rootfs, spec
 from runtime.errors import RuntimeFailure, SpecError
 from runtime.init import InitContext, bootstrap, direct_flags, init
-from runtime.signals import SIGKILL
 from runtime.state import (
     CREATED,
     CREATING,
@@ -152,10 +152,7 @@ def device_policy(rules: list[Any]) -> list[Any]:
 def create(root: RuntimeRoot, cid: str, opts: CreateOptions) -> ContainerState:
     opts.bundle = os.path.abspath(opts.bundle)
     p = prepare(cid, opts)
-    if p.plan.seccomp is not None:
-        from runtime import seccomp
-
-        p.plan = p.plan.replace(seccomp=seccomp.compiled(p.plan.seccomp, root.seccomp_cache))
+    p.plan = process.with_compiled_seccomp(p.plan, root.seccomp_cache)
     from cgroups.manager import CgroupV2Manager
 
     cdir = root.new(cid)

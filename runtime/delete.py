@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import os
 
+from namespaces.signals import SIGKILL
 from runtime.errors import ContainerNotFound, InvalidState
-from runtime.signals import SIGKILL
 from runtime.state import (
     CREATED,
     STOPPED,

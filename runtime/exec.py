@@ -13,9 +13,10 @@ from __future__ import annotations
 import gc
 import os
 
+from namespaces import signals
 from namespaces import syscalls as sc
 from namespaces.record import Record
-from runtime import jsonio, process, signals
+from runtime import jsonio, process
 from runtime.errors import InvalidState, RuntimeFailure, SpecError
 from runtime.init import FLAGS, JOIN_ORDER, PR_SET_DUMPABLE, _fail, console_size, owner_uid
 from runtime.state import CREATED, RUNNING, RuntimeRoot
@@ -136,10 +137,7 @@ def exec_in(root: RuntimeRoot, cid: str, opts: ExecOptions) -> int:
             "--tty needs --console-socket to receive the pty master", container=cid
         )
     plan = process.plan_process(proc, config.get("linux") or {}, rootfs=state.rootfs)
-    if plan.seccomp is not None:
-        from runtime import seccomp
-
-        plan = plan.replace(seccomp=seccomp.compiled(plan.seccomp, root.seccomp_cache))
+    plan = process.with_compiled_seccomp(plan, root.seccomp_cache)
     s = sc.libc()
     s.prctl(PR_SET_CHILD_SUBREAPER, 1)
     from cgroups.manager import CgroupV2Manager

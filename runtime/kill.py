@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 
-from runtime import signals
+from namespaces import signals
 from runtime.errors import InvalidState, RuntimeFailure
 from runtime.state import STOPPED, RuntimeRoot, signal_process
 

@@ -17,11 +17,10 @@ import os
 import resource
 import stat
 
-from namespaces import rootpath
+from namespaces import rootpath, signals
 from namespaces.record import FrozenRecord
 from namespaces.syscalls import SyscallError, Syscalls
 from runtime import capabilities as caps
-from runtime import signals
 from runtime.capabilities import CapabilityPlan
 from runtime.errors import ExecLookupError, ProcessSetupError, SpecError
 
@@ -475,6 +474,16 @@ def plan_process(process: Any, linux: Any, *, rootfs: str | None) -> ProcessPlan
         oom_score_adj=oom,
         notes=tuple(notes),
     )
+
+
+def with_compiled_seccomp(plan: ProcessPlan, cache_dir: str) -> ProcessPlan:
+    """`plan` with its seccomp filter compiled (or found in `cache_dir`): create and exec
+    call it before they fork, so the init never loads libseccomp."""
+    if plan.seccomp is None:
+        return plan
+    from runtime import seccomp
+
+    return plan.replace(seccomp=seccomp.compiled(plan.seccomp, cache_dir))
 
 
 def preload(plan: ProcessPlan | None = None) -> None:

@@ -311,7 +311,7 @@ def signal_process(pid: int, start: int, sig: int) -> None:
     The standard library's pidfd calls (Python >= 3.9), not namespaces.syscalls: `kill`
     runs for every container stop, and the ctypes layer costs it ~10 ms of imports.
     """
-    from runtime.signals import pidfd_send_signal
+    from namespaces.signals import pidfd_send_signal
 
     try:
         fd = os.pidfd_open(pid)

@@ -16,6 +16,7 @@ else:
     except ImportError:  # pragma: no cover - CPython always has it
         import signal as _sig
 
+SIGCHLD: int = _sig.SIGCHLD
 SIGHUP: int = _sig.SIGHUP
 SIGINT: int = _sig.SIGINT
 SIGQUIT: int = _sig.SIGQUIT
