@@ -758,17 +758,31 @@ class CgroupV2Manager:
             raise
 
     def thaw(self, timeout: float = DEFAULT_TIMEOUT) -> None:
-        """Undo freeze(); waits for frozen 0 (which stays 1 while an ancestor is frozen)."""
+        """Undo freeze(); waits until not frozen (which lasts while an ancestor is frozen).
+
+        Waits on frozen() rather than on cgroup.events `frozen 0`: the kernel
+        can leave a stale `frozen 1` there after a thaw (cgroups/freezer.py).
+        """
         from cgroups.events import wait_for_event
 
         self._require()
         write_file(os.path.join(self.dir, "cgroup.freeze"), "0")
-        wait_for_event(self.path, "frozen", 0, timeout)
+        if not self.frozen():
+            return
+        try:
+            wait_for_event(self.path, "frozen", 0, timeout)
+        except CgroupTimeout:
+            if self.frozen():
+                raise
 
     def frozen(self) -> bool:
-        from cgroups.events import read_cgroup_events
+        """Frozen by a freeze of this cgroup or an ancestor, and settled (cgroups/freezer.py)."""
+        from cgroups.freezer import is_frozen
 
-        return read_cgroup_events(self.path).get("frozen") == 1
+        try:
+            return is_frozen(self.dir, self.mount_dir)
+        except (FileNotFoundError, NotADirectoryError):
+            raise CgroupNotFound("cgroup does not exist", self.dir) from None
 
     # -- killing and removal --
 

@@ -225,13 +225,15 @@ def container_cgroup_dir(state: ContainerState) -> str:
 
 
 def _frozen(state: ContainerState) -> bool:
+    """Paused: cgroup.freeze asks for it and the kernel got there (not a stale `frozen 1`)."""
+    from cgroups.freezer import is_frozen
+
     path = container_cgroup_dir(state)
     if not path:
         return False
     try:
-        with open(os.path.join(path, "cgroup.events")) as f:
-            return any(line.strip() == "frozen 1" for line in f)
-    except FileNotFoundError:
+        return is_frozen(path, path)
+    except (FileNotFoundError, NotADirectoryError):
         return False
 
 

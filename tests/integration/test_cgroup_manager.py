@@ -220,6 +220,33 @@ def test_kill_everything_below(cg, spawn, hierarchy, how):
         assert p.wait(timeout=WAIT) == -signal.SIGKILL
     assert cg.exists()  # kill() kills, destroy() removes
     assert not cg.frozen()  # the fallback thaws what it froze
+    assert (cg.path / "cgroup.freeze").read_text().strip() == "0"
+
+
+def test_kill_fallback_never_leaves_a_cgroup_frozen(cg, spawn, hierarchy):
+    """The kernel can keep a stale `frozen 1` in cgroup.events after the fallback's thaw
+    (a few in a hundred on a loaded host); frozen(), thaw() and freeze() must see through it."""
+    cg.create()
+    for i in range(20):
+        sub = CgroupV2Manager(f"{cg.path.name}/round{i}", hierarchy)
+        sub.create()
+        child = CgroupV2Manager(f"{cg.path.name}/round{i}/child", hierarchy)
+        child.create()
+        procs = [spawn("sleep", "600") for _ in range(3)]
+        sub.add_process(procs[0].pid)
+        for p in procs[1:]:
+            child.add_process(p.pid)
+        sub.kill_each()
+        for p in procs:
+            assert p.wait(timeout=WAIT) == -signal.SIGKILL
+        assert not sub.frozen()
+        assert not child.frozen()
+        sub.thaw()  # returns at once, whatever cgroup.events says
+        sub.freeze()
+        assert sub.frozen()
+        sub.thaw()
+        assert not sub.frozen()
+        sub.destroy()
 
 
 def test_kill_of_an_empty_cgroup(cg):
