@@ -1,4 +1,5 @@
-"""Waiting on cgroup event files: cgroup.events (poll) and memory.events (inotify).
+"""Waiting on cgroup event files: memory.events (inotify); cgroup.events waits are in
+cgroups/event_wait.py (re-exported here).
 
 The kernel signals a change of a cgroup's state (populated, frozen) or of
 its memory event counters by notifying the file (cgroup_file_notify ->
@@ -23,7 +24,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from cgroups.errors import CgroupError, CgroupNotFound, CgroupTimeout, ControllerUnavailable
+from cgroups.errors import CgroupError, CgroupNotFound, ControllerUnavailable
+from cgroups.event_wait import wait_for_event as wait_for_event  # re-exported
 from cgroups.stats import MemoryEvents, parse_flat_keyed, parse_memory_events
 from namespaces.syscalls import Syscalls, libc
 
@@ -32,8 +34,6 @@ IN_MODIFY = 0x00000002
 IN_DELETE_SELF = 0x00000400
 IN_Q_OVERFLOW = 0x00004000
 IN_IGNORED = 0x00008000
-
-RECHECK = 1.0  # seconds between re-reads when no notification arrives
 
 _EVENT = struct.Struct("=iIII")  # wd, mask, cookie, len (struct inotify_event)
 
@@ -104,45 +104,6 @@ def read_cgroup_events(cgroup: Path) -> dict[str, int]:
         if exc.errno == errno.ENODEV:
             raise CgroupNotFound("cgroup was removed", cgroup) from None
         raise
-
-
-def wait_for_event(cgroup: Path, key: str, want: int, timeout: float) -> None:
-    """Block until cgroup.events says `key want` (e.g. frozen 1), or raise CgroupTimeout.
-
-    Waits with poll(2) on the open file: kernfs reports POLLPRI once the
-    file was notified since it was last read, and each read re-arms it, so a
-    change between the read and the poll cannot be missed. (Not inotify: an
-    inotify fd per wait costs an SRCU grace period, ~10ms, when it is closed.)
-    The kernel sends at most one notification per 10ms per file and delays
-    the next (CGROUP_FILE_NOTIFY_MIN_INTV), so the file is also re-read after
-    1, 2, 4... ms, up to RECHECK seconds apart.
-    """
-    path = cgroup / "cgroup.events"
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    except (FileNotFoundError, NotADirectoryError):
-        raise CgroupNotFound("cgroup does not exist", cgroup) from None
-    try:
-        poller = select.poll()
-        poller.register(fd, select.POLLPRI)
-        deadline = time.monotonic() + timeout
-        slice_ = 0.001
-        while True:
-            try:
-                text = os.pread(fd, 4096, 0)
-            except OSError as exc:
-                if exc.errno == errno.ENODEV:
-                    raise CgroupNotFound("cgroup was removed", cgroup) from None
-                raise
-            if parse_flat_keyed(text.decode()).get(key) == want:
-                return
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise CgroupTimeout(f"'{key} {want}' in cgroup.events", cgroup, timeout)
-            poller.poll(max(1, int(min(remaining, slice_) * 1000)))
-            slice_ = min(slice_ * 2, RECHECK)
-    finally:
-        os.close(fd)
 
 
 # --- OOM kills -------------------------------------------------------------------------

@@ -9,13 +9,15 @@ the pre-5.14 kill fallback, on a loaded host.
 
 So, as runc does, the request decides first: a cgroup is frozen only if
 cgroup.freeze asks for it (here or in an ancestor, whose freeze freezes the
-whole subtree) *and* cgroup.events says the kernel got there. Only os is
-imported: runtime verbs read this on every `state`.
+whole subtree) *and* cgroup.events says the kernel got there. Nothing heavy
+is imported: runtime verbs read this on every `state`.
 """
 
 from __future__ import annotations
 
 import os
+
+from cgroups.event_wait import read_event
 
 
 def freeze_requested(cgroup_dir: str) -> bool:
@@ -28,9 +30,8 @@ def freeze_requested(cgroup_dir: str) -> bool:
 
 
 def events_say_frozen(cgroup_dir: str) -> bool:
-    """cgroup.events has `frozen 1`; raises FileNotFoundError when the cgroup is gone."""
-    with open(os.path.join(cgroup_dir, "cgroup.events"), "rb") as f:
-        return b"frozen 1" in f.read().splitlines()
+    """cgroup.events has `frozen 1`; CgroupNotFound (a FileNotFoundError) when it is gone."""
+    return read_event(cgroup_dir, "frozen") == 1
 
 
 def is_frozen(cgroup_dir: str, top: str) -> bool:

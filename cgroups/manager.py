@@ -744,12 +744,12 @@ class CgroupV2Manager:
         On timeout the cgroup is thawed again (no half-frozen container is
         left behind) and CgroupTimeout raised.
         """
-        from cgroups.events import wait_for_event
+        from cgroups.event_wait import wait_for_event
 
         self._require()
         write_file(os.path.join(self.dir, "cgroup.freeze"), "1")
         try:
-            wait_for_event(self.path, "frozen", 1, timeout)
+            wait_for_event(self.dir, "frozen", 1, timeout)
         except CgroupTimeout:
             try:
                 write_file(os.path.join(self.dir, "cgroup.freeze"), "0")
@@ -763,14 +763,14 @@ class CgroupV2Manager:
         Waits on frozen() rather than on cgroup.events `frozen 0`: the kernel
         can leave a stale `frozen 1` there after a thaw (cgroups/freezer.py).
         """
-        from cgroups.events import wait_for_event
+        from cgroups.event_wait import wait_for_event
 
         self._require()
         write_file(os.path.join(self.dir, "cgroup.freeze"), "0")
         if not self.frozen():
             return
         try:
-            wait_for_event(self.path, "frozen", 0, timeout)
+            wait_for_event(self.dir, "frozen", 0, timeout)
         except CgroupTimeout:
             if self.frozen():
                 raise
@@ -804,14 +804,14 @@ class CgroupV2Manager:
         Each PID is pinned with a pidfd and re-checked against cgroup.procs,
         so a PID reused by a process elsewhere is never signalled.
         """
-        from cgroups.events import wait_for_event
+        from cgroups.event_wait import wait_for_event
 
         freeze_file = os.path.join(self.dir, "cgroup.freeze")
         can_freeze = os.path.exists(freeze_file)
         if can_freeze:
             write_file(freeze_file, "1")
             try:
-                wait_for_event(self.path, "frozen", 1, 1.0)
+                wait_for_event(self.dir, "frozen", 1, 1.0)
             except CgroupTimeout:
                 pass  # kill what is there anyway; SIGKILL reaches frozen tasks
         try:
@@ -870,16 +870,15 @@ class CgroupV2Manager:
                 raise CgroupError(
                     f"cannot remove cgroup: {os.strerror(exc.errno or 0)}", self.dir
                 ) from exc
-        from cgroups.events import read_cgroup_events, wait_for_event
+        from cgroups.event_wait import read_event, wait_for_event
 
-        path = self.path
         deadline = time.monotonic() + timeout
         while True:
             try:
-                if read_cgroup_events(path).get("populated"):
+                if read_event(self.dir, "populated"):
                     self.kill()
                     remaining = max(0.0, deadline - time.monotonic())
-                    wait_for_event(path, "populated", 0, remaining)
+                    wait_for_event(self.dir, "populated", 0, remaining)
                 self._remove_tree()
                 return
             except CgroupNotFound:

@@ -543,6 +543,7 @@ def load(program: SeccompProgram, *, sys: Syscalls | None = None) -> None:
 # (the resolved program, the libseccomp version, the machine), so a new libseccomp or
 # a changed profile is a new entry, never a stale one.
 CACHE_FORMAT = 1
+MAX_BPF_BYTES = 8 * 4096  # the kernel takes at most BPF_MAXINSNS (4096) 8-byte instructions
 
 
 def cache_key(program: SeccompProgram) -> str:
@@ -564,18 +565,32 @@ def cache_key(program: SeccompProgram) -> str:
     return blake2b(repr(parts).encode(), digest_size=32).hexdigest()
 
 
+# The cache lives in memory (tmpfs), so it is bounded: past CACHE_LIMIT entries the least
+# recently used go (a hit touches its entry's mtime). A node sees a handful of distinct
+# profiles, so the limit only matters to a caller that makes a new profile per container.
+# A runtime killed between writing and renaming leaves a temp file; one older than
+# TMP_GRACE seconds belongs to nobody and is removed with the next prune.
+CACHE_LIMIT = 128
+TMP_GRACE = 60.0
+
+
 def compiled(program: SeccompProgram, cache_dir: str) -> SeccompProgram:
     """`program` with its BPF: from `cache_dir` when compiled before, else compiled by
     libseccomp now and stored there (atomically, 0600). Called by the runtime before
     it forks, so the container's init needs neither libseccomp nor the compile."""
     path = os.path.join(cache_dir, cache_key(program) + ".bpf")
     try:
-        with open(path, "rb") as f:
-            bpf = f.read()
-        if bpf and len(bpf) % 8 == 0:
-            return program.replace(bpf=bpf)
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     except FileNotFoundError:
         pass
+    else:
+        try:
+            bpf = os.read(fd, MAX_BPF_BYTES + 1)
+            if bpf and len(bpf) % 8 == 0 and len(bpf) <= MAX_BPF_BYTES:
+                os.utime(fd)  # recently used: pruning takes the oldest first
+                return program.replace(bpf=bpf)
+        finally:
+            os.close(fd)
     with Filter(program) as f:
         bpf = f.export_bpf()
     # the --root too, if this is its first use: 0700 like RuntimeRoot.new makes it
@@ -588,4 +603,45 @@ def compiled(program: SeccompProgram, cache_dir: str) -> SeccompProgram:
     finally:
         os.close(fd)
     os.rename(tmp, path)
+    prune_cache(cache_dir)
     return program.replace(bpf=bpf)
+
+
+def prune_cache(cache_dir: str, *, limit: int = CACHE_LIMIT) -> list[str]:
+    """Remove what `to_prune` picks from `cache_dir`; the names removed.
+
+    Runs after each new entry (a miss), never on a hit. Concurrent runtimes may
+    prune at once: a name already gone is skipped, and a reader that opened an
+    entry before it was unlinked still reads it whole.
+    """
+    import time
+
+    entries: list[tuple[str, float]] = []
+    try:
+        with os.scandir(cache_dir) as it:
+            for e in it:
+                try:
+                    entries.append((e.name, e.stat(follow_symlinks=False).st_mtime))
+                except FileNotFoundError:
+                    pass
+    except FileNotFoundError:
+        return []
+    removed = []
+    for name in to_prune(entries, limit=limit, now=time.time()):
+        try:
+            os.unlink(os.path.join(cache_dir, name))
+            removed.append(name)
+        except FileNotFoundError:
+            pass
+    return removed
+
+
+def to_prune(
+    entries: list[tuple[str, float]], *, limit: int, now: float, grace: float = TMP_GRACE
+) -> list[str]:
+    """Which of (name, mtime) to remove: temp files older than `grace`, and the least
+    recently used *.bpf beyond `limit`. Anything else in the directory is left alone."""
+    stale = [n for n, t in entries if n.endswith(".tmp") and now - t > grace]
+    bpf = sorted((t, n) for n, t in entries if n.endswith(".bpf"))
+    excess = len(bpf) - limit
+    return stale + [n for _t, n in bpf[: max(excess, 0)]]

@@ -287,3 +287,41 @@ def test_the_cache_makes_a_missing_root_private(tmp_path):
     S.compiled(S.plan_seccomp(DENY_MKDIR), str(root / "@seccomp"))
     assert root.stat().st_mode & 0o777 == 0o700
     assert (root / "@seccomp").stat().st_mode & 0o777 == 0o700
+
+
+def test_to_prune_takes_old_temp_files_and_the_least_recently_used_beyond_the_limit():
+    entries = [
+        ("a.bpf", 100.0),
+        ("b.bpf", 300.0),
+        ("c.bpf", 200.0),
+        ("c.bpf.41.tmp", 1000.0 - S.TMP_GRACE - 1),  # a killed runtime's, long ago
+        ("d.bpf.42.tmp", 1000.0 - 1),  # another runtime is writing it now
+        ("README", 0.0),  # not the cache's: left alone
+    ]
+    assert sorted(S.to_prune(entries, limit=1, now=1000.0)) == ["a.bpf", "c.bpf", "c.bpf.41.tmp"]
+    assert S.to_prune(entries, limit=3, now=1000.0) == ["c.bpf.41.tmp"]
+    assert S.to_prune([], limit=0, now=0.0) == []
+
+
+def test_the_cache_stays_bounded_and_keeps_what_was_used_last(tmp_path):
+    cache = tmp_path / "cache"
+    programs = [
+        S.plan_seccomp(
+            {
+                "defaultAction": "SCMP_ACT_ALLOW",
+                "syscalls": [{"names": ["mkdir"], "action": "SCMP_ACT_ERRNO", "errnoRet": e}],
+            }
+        )
+        for e in range(1, 5)
+    ]
+    for i, p in enumerate(programs[:3]):
+        S.compiled(p, str(cache))
+        os.utime(cache / f"{S.cache_key(p)}.bpf", (i + 1.0, i + 1.0))  # 0 oldest
+    S.compiled(programs[0], str(cache))  # a hit makes the oldest the newest
+    (cache / "x.bpf.1.tmp").write_bytes(b"")
+    os.utime(cache / "x.bpf.1.tmp", (1.0, 1.0))
+    S.prune_cache(str(cache), limit=2)
+    left = sorted(e.name for e in cache.iterdir())
+    assert left == sorted(f"{S.cache_key(p)}.bpf" for p in (programs[0], programs[2]))
+    S.compiled(programs[3], str(cache))  # a miss prunes with the default limit
+    assert len(list(cache.iterdir())) == 3
