@@ -201,15 +201,21 @@ def test_destroy_a_frozen_cgroup(cg, spawn):
 # --- kill ------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("how", ["cgroup.kill", "each pid"])
-def test_kill_everything_below(cg, spawn, hierarchy, how):
-    cg.create()
-    child = CgroupV2Manager(f"{cg.path.name}/child", hierarchy)
+def sleepers_in(parent, spawn, hierarchy):
+    """Create `parent` and a child cgroup below it: one sleep in the parent, two in the child."""
+    parent.create()
+    child = CgroupV2Manager(f"{os.path.relpath(parent.dir, parent.mount_dir)}/child", hierarchy)
     child.create()
     procs = [spawn("sleep", "600") for _ in range(3)]
-    cg.add_process(procs[0].pid)
+    parent.add_process(procs[0].pid)
     for p in procs[1:]:
         child.add_process(p.pid)
+    return child, procs
+
+
+@pytest.mark.parametrize("how", ["cgroup.kill", "each pid"])
+def test_kill_everything_below(cg, spawn, hierarchy, how):
+    _child, procs = sleepers_in(cg, spawn, hierarchy)
     if how == "cgroup.kill":
         if not (cg.path / "cgroup.kill").exists():
             pytest.skip("kernel before 5.14: no cgroup.kill")
@@ -229,13 +235,7 @@ def test_kill_fallback_never_leaves_a_cgroup_frozen(cg, spawn, hierarchy):
     cg.create()
     for i in range(20):
         sub = CgroupV2Manager(f"{cg.path.name}/round{i}", hierarchy)
-        sub.create()
-        child = CgroupV2Manager(f"{cg.path.name}/round{i}/child", hierarchy)
-        child.create()
-        procs = [spawn("sleep", "600") for _ in range(3)]
-        sub.add_process(procs[0].pid)
-        for p in procs[1:]:
-            child.add_process(p.pid)
+        child, procs = sleepers_in(sub, spawn, hierarchy)
         sub.kill_each()
         for p in procs:
             assert p.wait(timeout=WAIT) == -signal.SIGKILL
