@@ -36,13 +36,13 @@ and each rule is a block that jumps to the next block on a mismatch:
 
 from __future__ import annotations
 
-import ctypes
 import errno
 import os
 import struct
 
 from cgroups import bpf_insn as bi
 from cgroups.bpf_insn import Insn
+from namespaces import ctypes_lite as ct
 from namespaces.record import FrozenRecord
 from namespaces.syscalls import SyscallError
 
@@ -402,8 +402,8 @@ class Attached(FrozenRecord):
         self.prog_ids = prog_ids
 
 
-def _addr(buf: ctypes.Array[ctypes.c_char] | ctypes.Array[ctypes.c_uint32]) -> int:
-    return ctypes.addressof(buf)
+def _addr(buf: ct.Array[ct.c_char] | ct.Array[ct.c_uint32]) -> int:
+    return ct.addressof(buf)
 
 
 def load_program(
@@ -415,11 +415,11 @@ def load_program(
     retried once with log_level 1 to learn why.
     """
     insns = program.insns if isinstance(program, DeviceProgram) else tuple(program)
-    code = ctypes.create_string_buffer(bi.encode(insns), len(insns) * bi.INSN_SIZE)
-    lic = ctypes.create_string_buffer(LICENSE)
+    code = ct.char_buffer(bi.encode(insns))
+    lic = ct.char_buffer(LICENSE + b"\0")
     raw_name = name.encode()[:15]
 
-    def attempt(log: ctypes.Array[ctypes.c_char] | None) -> int:
+    def attempt(log: ct.Array[ct.c_char] | None) -> int:
         attr = bytearray(72)
         struct.pack_into(
             "=IIQQIIQII16sII",
@@ -443,7 +443,7 @@ def load_program(
     try:
         return attempt(None)
     except SyscallError as first:
-        log = ctypes.create_string_buffer(VERIFIER_LOG_SIZE)
+        log = ct.char_buffer(VERIFIER_LOG_SIZE)
         try:
             fd = attempt(log)
         except SyscallError as second:
@@ -489,7 +489,7 @@ def query_programs(syscalls: BpfSyscall, cgroup_fd: int, *, path: str | None = N
     """bpf(BPF_PROG_QUERY): the ids of device programs attached to this very cgroup."""
     capacity = 16
     while True:
-        ids = (ctypes.c_uint32 * capacity)()
+        ids = (ct.c_uint32 * capacity)()
         attr = bytearray(40)
         struct.pack_into(
             "=IIIIQI", attr, 0, cgroup_fd, BPF_CGROUP_DEVICE, 0, 0, _addr(ids), capacity
@@ -521,7 +521,7 @@ def program_fd_by_id(syscalls: BpfSyscall, prog_id: int) -> int:
 
 def program_info(syscalls: BpfSyscall, prog_fd: int) -> ProgramInfo:
     """bpf(BPF_OBJ_GET_INFO_BY_FD): id, type, tag and name (the start of bpf_prog_info)."""
-    info = ctypes.create_string_buffer(80)
+    info = ct.char_buffer(80)
     attr = bytearray(16)
     struct.pack_into("=IIQ", attr, 0, prog_fd, len(info), _addr(info))
     _bpf_step(

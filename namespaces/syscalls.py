@@ -1,7 +1,8 @@
 """The one thin layer through which Pinnace makes raw kernel calls.
 
 Python 3.11 has no os.unshare/os.setns and no wrappers for the new mount API,
-openat2 or pidfd calls, so they are made here through ctypes on libc. Every
+openat2 or pidfd calls, so they are made here on libc through ctypes' C module
+(namespaces/ctypes_lite.py). Every
 call raises `SyscallError` (an OSError with errno, the call's name and the path
 it concerns). Logic above this module takes a `Syscalls` object, so its unit
 tests can pass a recording fake instead of touching the kernel.
@@ -9,10 +10,10 @@ tests can pass a recording fake instead of touching the kernel.
 
 from __future__ import annotations
 
-import ctypes
 import errno as errno_mod
 import os
 
+from namespaces import ctypes_lite as ct
 from namespaces.record import FrozenRecord
 from namespaces.signals import SIGCHLD
 
@@ -96,20 +97,20 @@ class SyscallError(OSError):
         self.call = call
 
 
-class _OpenHow(ctypes.Structure):
+class _OpenHow(ct.Structure):
     _fields_ = (
-        ("flags", ctypes.c_uint64),
-        ("mode", ctypes.c_uint64),
-        ("resolve", ctypes.c_uint64),
+        ("flags", ct.c_uint64),
+        ("mode", ct.c_uint64),
+        ("resolve", ct.c_uint64),
     )
 
 
-class _MountAttr(ctypes.Structure):
+class _MountAttr(ct.Structure):
     _fields_ = (
-        ("attr_set", ctypes.c_uint64),
-        ("attr_clr", ctypes.c_uint64),
-        ("propagation", ctypes.c_uint64),
-        ("userns_fd", ctypes.c_uint64),
+        ("attr_set", ct.c_uint64),
+        ("attr_clr", ct.c_uint64),
+        ("propagation", ct.c_uint64),
+        ("userns_fd", ct.c_uint64),
     )
 
 
@@ -186,115 +187,111 @@ class Libc:
         # dlopen(NULL): the C library the interpreter runs on is already loaded. (Not
         # ctypes.util.find_library("c"): it imports subprocess and forks `ldconfig -p`,
         # ~15 ms of every pinnace-oci create.)
-        self._libc = ctypes.CDLL(None, use_errno=True)
+        self._libc = ct.Library()
         self._syscall = self._libc.syscall
-        self._syscall.restype = ctypes.c_long
+        self._syscall.restype = ct.c_long
 
     def _check(self, ret: int, call: str, path: str | None = None) -> int:
         if ret < 0:
-            raise SyscallError(ctypes.get_errno(), call, path)
+            raise SyscallError(ct.get_errno(), call, path)
         return ret
 
     def unshare(self, flags: int) -> None:
-        self._check(self._libc.unshare(ctypes.c_int(flags)), "unshare")
+        self._check(self._libc.unshare(ct.c_int(flags)), "unshare")
 
     def setns(self, fd: int, nstype: int = 0) -> None:
-        self._check(self._libc.setns(ctypes.c_int(fd), ctypes.c_int(nstype)), "setns")
+        self._check(self._libc.setns(ct.c_int(fd), ct.c_int(nstype)), "setns")
 
     def mount(
         self, source: str | None, target: str, fstype: str | None, flags: int, data: str | None
     ) -> None:
         ret = self._libc.mount(
-            _enc(source), _enc(target), _enc(fstype), ctypes.c_ulong(flags), _enc(data)
+            _enc(source), _enc(target), _enc(fstype), ct.c_ulong(flags), _enc(data)
         )
         self._check(ret, "mount", target)
 
     def umount2(self, target: str, flags: int = 0) -> None:
-        self._check(self._libc.umount2(_enc(target), ctypes.c_int(flags)), "umount2", target)
+        self._check(self._libc.umount2(_enc(target), ct.c_int(flags)), "umount2", target)
 
     def pivot_root(self, new_root: str, put_old: str) -> None:
         # glibc has no wrapper; the number predates the generic table
         nr = {"x86_64": 155, "aarch64": 41}[_MACHINE]
-        ret = self._syscall(ctypes.c_long(nr), _enc(new_root), _enc(put_old))
+        ret = self._syscall(ct.c_long(nr), _enc(new_root), _enc(put_old))
         self._check(ret, "pivot_root", new_root)
 
     def sethostname(self, name: str) -> None:
         raw = name.encode()
-        self._check(self._libc.sethostname(raw, ctypes.c_size_t(len(raw))), "sethostname")
+        self._check(self._libc.sethostname(raw, ct.c_size_t(len(raw))), "sethostname")
 
     def setdomainname(self, name: str) -> None:
         raw = name.encode()
-        self._check(self._libc.setdomainname(raw, ctypes.c_size_t(len(raw))), "setdomainname")
+        self._check(self._libc.setdomainname(raw, ct.c_size_t(len(raw))), "setdomainname")
 
     def open_tree(self, dirfd: int, path: str, flags: int) -> int:
-        ret = self._syscall(
-            ctypes.c_long(SYS_OPEN_TREE), ctypes.c_int(dirfd), _enc(path), ctypes.c_uint(flags)
-        )
+        ret = self._syscall(ct.c_long(SYS_OPEN_TREE), ct.c_int(dirfd), _enc(path), ct.c_uint(flags))
         return self._check(ret, "open_tree", path)
 
     def move_mount(
         self, from_dirfd: int, from_path: str, to_dirfd: int, to_path: str, flags: int
     ) -> None:
         ret = self._syscall(
-            ctypes.c_long(SYS_MOVE_MOUNT),
-            ctypes.c_int(from_dirfd),
+            ct.c_long(SYS_MOVE_MOUNT),
+            ct.c_int(from_dirfd),
             _enc(from_path),
-            ctypes.c_int(to_dirfd),
+            ct.c_int(to_dirfd),
             _enc(to_path),
-            ctypes.c_uint(flags),
+            ct.c_uint(flags),
         )
         self._check(ret, "move_mount", to_path)
 
     def mount_setattr(self, dirfd: int, path: str, flags: int, attr: MountAttr) -> None:
         raw = _MountAttr(attr.attr_set, attr.attr_clr, attr.propagation, attr.userns_fd)
         ret = self._syscall(
-            ctypes.c_long(SYS_MOUNT_SETATTR),
-            ctypes.c_int(dirfd),
+            ct.c_long(SYS_MOUNT_SETATTR),
+            ct.c_int(dirfd),
             _enc(path),
-            ctypes.c_uint(flags),
-            ctypes.byref(raw),
-            ctypes.c_size_t(ctypes.sizeof(raw)),
+            ct.c_uint(flags),
+            ct.byref(raw),
+            ct.c_size_t(ct.sizeof(raw)),
         )
         self._check(ret, "mount_setattr", path)
 
     def openat2(self, dirfd: int, path: str, flags: int, mode: int, resolve: int) -> int:
         how = _OpenHow(flags, mode, resolve)
         ret = self._syscall(
-            ctypes.c_long(SYS_OPENAT2),
-            ctypes.c_int(dirfd),
+            ct.c_long(SYS_OPENAT2),
+            ct.c_int(dirfd),
             _enc(path),
-            ctypes.byref(how),
-            ctypes.c_size_t(ctypes.sizeof(how)),
+            ct.byref(how),
+            ct.c_size_t(ct.sizeof(how)),
         )
         return self._check(ret, "openat2", path)
 
     def pidfd_open(self, pid: int, flags: int = 0) -> int:
-        ret = self._syscall(ctypes.c_long(SYS_PIDFD_OPEN), ctypes.c_int(pid), ctypes.c_uint(flags))
+        ret = self._syscall(ct.c_long(SYS_PIDFD_OPEN), ct.c_int(pid), ct.c_uint(flags))
         return self._check(ret, "pidfd_open", f"pid {pid}")
 
     def pidfd_send_signal(self, pidfd: int, sig: int) -> None:
         ret = self._syscall(
-            ctypes.c_long(SYS_PIDFD_SEND_SIGNAL),
-            ctypes.c_int(pidfd),
-            ctypes.c_int(sig),
+            ct.c_long(SYS_PIDFD_SEND_SIGNAL),
+            ct.c_int(pidfd),
+            ct.c_int(sig),
             None,
-            ctypes.c_uint(0),
+            ct.c_uint(0),
         )
         self._check(ret, "pidfd_send_signal")
 
     def close_range(self, first: int, last: int, flags: int = 0) -> None:
         ret = self._syscall(
-            ctypes.c_long(SYS_CLOSE_RANGE),
-            ctypes.c_uint(first),
-            ctypes.c_uint(last),
-            ctypes.c_uint(flags),
+            ct.c_long(SYS_CLOSE_RANGE),
+            ct.c_uint(first),
+            ct.c_uint(last),
+            ct.c_uint(flags),
         )
         self._check(ret, "close_range")
 
     def prctl(self, option: int, arg2: int = 0, arg3: int = 0) -> int:
-        ret = self._libc.prctl(
-            ctypes.c_int(option), ctypes.c_ulong(arg2), ctypes.c_ulong(arg3), None, None
-        )
+        ret = self._libc.prctl(ct.c_int(option), ct.c_ulong(arg2), ct.c_ulong(arg3), None, None)
         return self._check(ret, "prctl")
 
     def capset(self, effective: int, permitted: int, inheritable: int) -> None:
@@ -302,8 +299,8 @@ class Libc:
         two 32-bit halves per set). Raw, not libcap: loading python-prctl and libcap cost
         the container's init ~2 ms before it could mount anything."""
         nr = {"x86_64": 126, "aarch64": 91}[_MACHINE]
-        header = (ctypes.c_uint32 * 2)(_LINUX_CAPABILITY_VERSION_3, 0)  # pid 0: this thread
-        data = (ctypes.c_uint32 * 6)(
+        header = (ct.c_uint32 * 2)(_LINUX_CAPABILITY_VERSION_3, 0)  # pid 0: this thread
+        data = (ct.c_uint32 * 6)(
             effective & 0xFFFFFFFF,
             permitted & 0xFFFFFFFF,
             inheritable & 0xFFFFFFFF,
@@ -311,23 +308,23 @@ class Libc:
             permitted >> 32,
             inheritable >> 32,
         )
-        self._check(self._syscall(ctypes.c_long(nr), header, data), "capset")
+        self._check(self._syscall(ct.c_long(nr), header, data), "capset")
 
     def seccomp_set_filter(self, flags: int, program: bytes) -> None:
         """seccomp(SECCOMP_SET_MODE_FILTER, flags, prog): install a classic-BPF filter
         (`program` is its struct sock_filter array, 8 bytes per instruction)."""
         nr = {"x86_64": 317, "aarch64": 277}[_MACHINE]
-        insns = ctypes.create_string_buffer(program, len(program))
+        insns = ct.char_buffer(program)
 
-        class SockFprog(ctypes.Structure):
-            _fields_ = (("len", ctypes.c_ushort), ("filter", ctypes.c_void_p))
+        class SockFprog(ct.Structure):
+            _fields_ = (("len", ct.c_ushort), ("filter", ct.c_void_p))
 
-        prog = SockFprog(len(program) // 8, ctypes.addressof(insns))
+        prog = SockFprog(len(program) // 8, ct.addressof(insns))
         ret = self._syscall(
-            ctypes.c_long(nr),
-            ctypes.c_uint(SECCOMP_SET_MODE_FILTER),
-            ctypes.c_uint(flags),
-            ctypes.byref(prog),
+            ct.c_long(nr),
+            ct.c_uint(SECCOMP_SET_MODE_FILTER),
+            ct.c_uint(flags),
+            ct.byref(prog),
         )
         if ret > 0:  # TSYNC: the id of a thread that could not be synchronised
             raise SyscallError(errno_mod.EBUSY, "seccomp", f"thread {ret}")
@@ -338,28 +335,28 @@ class Libc:
     # >= 6.8), which has no mount(2) option-page limit.
 
     def fsopen(self, fs_name: str, flags: int = 0) -> int:
-        ret = self._syscall(ctypes.c_long(SYS_FSOPEN), _enc(fs_name), ctypes.c_uint(flags))
+        ret = self._syscall(ct.c_long(SYS_FSOPEN), _enc(fs_name), ct.c_uint(flags))
         return self._check(ret, "fsopen", fs_name)
 
     def fsconfig(
         self, fs_fd: int, cmd: int, key: str | None = None, value: str | None = None, aux: int = 0
     ) -> None:
         ret = self._syscall(
-            ctypes.c_long(SYS_FSCONFIG),
-            ctypes.c_int(fs_fd),
-            ctypes.c_uint(cmd),
+            ct.c_long(SYS_FSCONFIG),
+            ct.c_int(fs_fd),
+            ct.c_uint(cmd),
             _enc(key),
             _enc(value),
-            ctypes.c_int(aux),
+            ct.c_int(aux),
         )
         self._check(ret, "fsconfig", f"{key}={value}" if key and value else key)
 
     def fsmount(self, fs_fd: int, flags: int = 0, attr_flags: int = 0) -> int:
         ret = self._syscall(
-            ctypes.c_long(SYS_FSMOUNT),
-            ctypes.c_int(fs_fd),
-            ctypes.c_uint(flags),
-            ctypes.c_uint(attr_flags),
+            ct.c_long(SYS_FSMOUNT),
+            ct.c_int(fs_fd),
+            ct.c_uint(flags),
+            ct.c_uint(attr_flags),
         )
         return self._check(ret, "fsmount")
 
@@ -367,14 +364,14 @@ class Libc:
     # Python has no os.inotify_*; the events are read from the fd with os.read.
 
     def inotify_init1(self, flags: int = 0) -> int:
-        return self._check(self._libc.inotify_init1(ctypes.c_int(flags)), "inotify_init1")
+        return self._check(self._libc.inotify_init1(ct.c_int(flags)), "inotify_init1")
 
     def inotify_add_watch(self, fd: int, path: str, mask: int) -> int:
-        ret = self._libc.inotify_add_watch(ctypes.c_int(fd), _enc(path), ctypes.c_uint32(mask))
+        ret = self._libc.inotify_add_watch(ct.c_int(fd), _enc(path), ct.c_uint32(mask))
         return self._check(ret, "inotify_add_watch", path)
 
     def inotify_rm_watch(self, fd: int, wd: int) -> None:
-        ret = self._libc.inotify_rm_watch(ctypes.c_int(fd), ctypes.c_int(wd))
+        ret = self._libc.inotify_rm_watch(ct.c_int(fd), ct.c_int(wd))
         self._check(ret, "inotify_rm_watch")
 
     # --- bpf(2), for cgroup v2 device programs (cgroups/devices.py) -----------------------
@@ -387,17 +384,15 @@ class Libc:
         Pointers inside attr (insns, log_buf, prog_ids...) are the caller's
         to keep alive for the duration of the call.
         """
-        buf = (ctypes.c_char * len(attr)).from_buffer(attr)
-        ret = self._syscall(
-            ctypes.c_long(SYS_BPF), ctypes.c_int(cmd), buf, ctypes.c_uint(len(attr))
-        )
+        buf = (ct.c_char * len(attr)).from_buffer(attr)
+        ret = self._syscall(ct.c_long(SYS_BPF), ct.c_int(cmd), buf, ct.c_uint(len(attr)))
         return self._check(ret, f"bpf(cmd {cmd})")
 
     # --- personality(2), for the OCI linux.personality domain (runtime/process.py) ---
 
     def personality(self, persona: int) -> int:
         """Set the execution domain; returns the previous one (0xffffffff only queries)."""
-        ret = self._libc.personality(ctypes.c_ulong(persona))
+        ret = self._libc.personality(ct.c_ulong(persona))
         return self._check(ret, "personality")
 
     # --- clone3(2) as fork, born in a cgroup, for runtime/ (CgroupV2Manager.fork_into) ---
@@ -412,15 +407,13 @@ class Libc:
         Python's after-fork work (os.register_at_fork callbacks, thread and lock
         re-initialisation). That is only sound in a single-threaded process whose child
         needs none of it; CgroupV2Manager.fork_into checks the first. The call holds the
-        GIL throughout (through PyDLL), as os.fork does, so the child resumes holding it.
+        GIL throughout (as ct.PyDLL would), as os.fork does, so the child resumes holding it.
         No new stack (stack 0): like fork, the child continues on a copy of the parent's.
         """
         args = _CloneArgs(flags=CLONE_INTO_CGROUP | flags, exit_signal=SIGCHLD, cgroup=cgroup_fd)
-        syscall = ctypes.PyDLL(None, use_errno=True).syscall
-        syscall.restype = ctypes.c_long
-        ret = syscall(
-            ctypes.c_long(SYS_CLONE3), ctypes.byref(args), ctypes.c_size_t(ctypes.sizeof(args))
-        )
+        syscall = ct.Library(holds_gil=True).syscall
+        syscall.restype = ct.c_long
+        ret = syscall(ct.c_long(SYS_CLONE3), ct.byref(args), ct.c_size_t(ct.sizeof(args)))
         return self._check(ret, "clone3", f"cgroup fd {cgroup_fd}")
 
 
@@ -466,20 +459,20 @@ SYS_CLONE3 = 435
 CLONE_INTO_CGROUP = 0x200000000
 
 
-class _CloneArgs(ctypes.Structure):
+class _CloneArgs(ct.Structure):
     """struct clone_args up to `cgroup` (CLONE_ARGS_SIZE_VER2, 88 bytes): a kernel that
     predates the field refuses the size with E2BIG."""
 
     _fields_ = (
-        ("flags", ctypes.c_uint64),
-        ("pidfd", ctypes.c_uint64),
-        ("child_tid", ctypes.c_uint64),
-        ("parent_tid", ctypes.c_uint64),
-        ("exit_signal", ctypes.c_uint64),
-        ("stack", ctypes.c_uint64),
-        ("stack_size", ctypes.c_uint64),
-        ("tls", ctypes.c_uint64),
-        ("set_tid", ctypes.c_uint64),
-        ("set_tid_size", ctypes.c_uint64),
-        ("cgroup", ctypes.c_uint64),
+        ("flags", ct.c_uint64),
+        ("pidfd", ct.c_uint64),
+        ("child_tid", ct.c_uint64),
+        ("parent_tid", ct.c_uint64),
+        ("exit_signal", ct.c_uint64),
+        ("stack", ct.c_uint64),
+        ("stack_size", ct.c_uint64),
+        ("tls", ct.c_uint64),
+        ("set_tid", ct.c_uint64),
+        ("set_tid_size", ct.c_uint64),
+        ("cgroup", ct.c_uint64),
     )

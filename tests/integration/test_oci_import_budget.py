@@ -27,6 +27,7 @@ FORBIDDEN = frozenset(
         "argparse",
         "collections",
         "contextlib",
+        "ctypes",
         "dataclasses",
         "enum",
         "functools",

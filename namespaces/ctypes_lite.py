@@ -1,0 +1,112 @@
+"""The few C types and the libc access the syscall layer needs, made on `_ctypes` directly.
+
+`import ctypes` costs ~2 ms on the development VM beyond its C module: its
+__init__ builds some forty type classes, function-type caches and endian
+variants. Every `pinnace-oci create`, `exec` and `run` makes raw syscalls, and
+ctypes itself is a thin Python layer over `_ctypes`, so the handful of types
+used here are declared the way ctypes declares them (a `_type_` code on a
+`_SimpleCData` subclass) and functions are looked up the way CDLL does (a
+CFuncPtr made from a name and an object holding the dlopen handle).
+
+Only for LP64 Linux (x86_64, aarch64): `long` and pointers are 64 bits.
+Modules that need more of ctypes (libseccomp's binding) import ctypes.
+"""
+
+from __future__ import annotations
+
+import _ctypes
+import os
+from _ctypes import Array, Structure, addressof, byref, get_errno, sizeof
+
+__all__ = [
+    "Array",
+    "Library",
+    "Structure",
+    "addressof",
+    "byref",
+    "c_char",
+    "c_int",
+    "c_long",
+    "c_size_t",
+    "c_uint",
+    "c_uint32",
+    "c_uint64",
+    "c_ulong",
+    "c_ushort",
+    "c_void_p",
+    "char_buffer",
+    "get_errno",
+    "sizeof",
+]
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # type-check as ctypes' own classes (mypy knows their special cases)
+    from ctypes import c_char, c_int, c_long, c_uint, c_ulong, c_ushort, c_void_p
+else:
+
+    class c_int(_ctypes._SimpleCData):
+        _type_ = "i"
+
+    class c_uint(_ctypes._SimpleCData):
+        _type_ = "I"
+
+    class c_long(_ctypes._SimpleCData):
+        _type_ = "l"
+
+    class c_ulong(_ctypes._SimpleCData):
+        _type_ = "L"
+
+    class c_ushort(_ctypes._SimpleCData):
+        _type_ = "H"
+
+    class c_char(_ctypes._SimpleCData):
+        _type_ = "c"
+
+    class c_void_p(_ctypes._SimpleCData):
+        _type_ = "P"
+
+
+c_uint32 = c_uint
+c_uint64 = c_ulong
+c_size_t = c_ulong
+if sizeof(c_long) != 8 or sizeof(c_void_p) != 8:
+    raise ImportError("namespaces.ctypes_lite supports LP64 platforms only")
+
+
+def char_buffer(init: bytes | int) -> Array[c_char]:
+    """A C char array: a copy of `init` (exactly its length, NULs included), or `init`
+    zeroed bytes (ctypes.create_string_buffer with an explicit size)."""
+    if isinstance(init, int):
+        return (c_char * init)()
+    return (c_char * len(init)).from_buffer_copy(init)
+
+
+class _CFunction(_ctypes.CFuncPtr):
+    """A C function of the library; errno saved for get_errno(); returns int by default."""
+
+    _flags_ = _ctypes.FUNCFLAG_CDECL | _ctypes.FUNCFLAG_USE_ERRNO
+    _restype_ = c_int
+
+
+class _PyFunction(_ctypes.CFuncPtr):
+    """As _CFunction, but called holding the GIL (ctypes.PyDLL's functions)."""
+
+    _flags_ = _ctypes.FUNCFLAG_CDECL | _ctypes.FUNCFLAG_PYTHONAPI | _ctypes.FUNCFLAG_USE_ERRNO
+    _restype_ = c_int
+
+
+class Library:
+    """dlopen(NULL): the C library the interpreter already runs on, its functions as
+    attributes (ctypes.CDLL(None, use_errno=True), or PyDLL with `holds_gil`)."""
+
+    def __init__(self, *, holds_gil: bool = False) -> None:
+        # CFuncPtr((name, library)) reads the handle from the library's `_handle`
+        self._handle = _ctypes.dlopen(None, os.RTLD_LOCAL)  # type: ignore[arg-type]
+        self._function_type = _PyFunction if holds_gil else _CFunction
+
+    def __getattr__(self, name: str) -> _ctypes.CFuncPtr:
+        if name.startswith("__"):
+            raise AttributeError(name)
+        fn = self._function_type((name, self))  # type: ignore[arg-type]  # duck-typed CDLL
+        setattr(self, name, fn)
+        return fn
