@@ -18,15 +18,12 @@ from __future__ import annotations
 import gc
 import os
 import sys
-from types import SimpleNamespace
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (~3 ms)
 if TYPE_CHECKING:
     import argparse
     from collections.abc import Sequence
-    from typing import NoReturn
-
-    Args = argparse.Namespace | SimpleNamespace
+    from typing import Any, NoReturn
 
 SPEC_VERSION = "1.2.0"
 
@@ -158,7 +155,23 @@ INT_VALUES = frozenset({"preserve_fds"})
 CHOICES = {"log_format": ("text", "json")}
 
 
-def fast_parse(argv: Sequence[str]) -> SimpleNamespace | None:
+class ParsedArgs:
+    """fast_parse's result: an attribute per option and positional, as on argparse's
+    Namespace (types.SimpleNamespace would cost every verb an import)."""
+
+    def __init__(self, values: dict[str, object]) -> None:
+        self.__dict__.update(values)
+
+    if TYPE_CHECKING:
+
+        def __getattr__(self, name: str) -> Any: ...
+
+
+if TYPE_CHECKING:
+    Args = argparse.Namespace | ParsedArgs
+
+
+def fast_parse(argv: Sequence[str]) -> ParsedArgs | None:
     """argv parsed as argparse would, or None for anything beyond the plain forms
     (the caller then asks argparse, which also owns every error message)."""
     out: dict[str, object] = dict(GLOBAL_DEFAULTS)
@@ -189,7 +202,7 @@ def fast_parse(argv: Sequence[str]) -> SimpleNamespace | None:
         return None
     for name, value in zip(verb.positionals, positionals, strict=False):
         out[name.rstrip("?")] = value
-    return SimpleNamespace(**out)
+    return ParsedArgs(out)
 
 
 def _option(
