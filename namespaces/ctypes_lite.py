@@ -96,12 +96,13 @@ class _PyFunction(_ctypes.CFuncPtr):
 
 
 class Library:
-    """dlopen(NULL): the C library the interpreter already runs on, its functions as
-    attributes (ctypes.CDLL(None, use_errno=True), or PyDLL with `holds_gil`)."""
+    """A shared library's functions as attributes: ctypes.CDLL(name, use_errno=True), or
+    PyDLL with `holds_gil`. No name: dlopen(NULL), the C library the interpreter already
+    runs on. OSError when the library cannot be loaded."""
 
-    def __init__(self, *, holds_gil: bool = False) -> None:
+    def __init__(self, name: str | None = None, *, holds_gil: bool = False) -> None:
         # CFuncPtr((name, library)) reads the handle from the library's `_handle`
-        self._handle = _ctypes.dlopen(None, os.RTLD_LOCAL)  # type: ignore[arg-type]
+        self._handle = _ctypes.dlopen(name, os.RTLD_LOCAL)  # type: ignore[arg-type]
         self._function_type = _PyFunction if holds_gil else _CFunction
 
     def __getattr__(self, name: str) -> _ctypes.CFuncPtr:

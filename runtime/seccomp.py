@@ -258,7 +258,43 @@ class _Lib:
         return int(self.seccomp_arch_resolve_name(name.encode()))
 
 
+class _Names:
+    """libseccomp's name lookups and version: all that planning a filter and finding it
+    in the cache need. Made through namespaces.ctypes_lite, so a create or exec whose
+    filter is cached never imports ctypes (~1.5 ms); only compiling one (_Lib) does."""
+
+    def __init__(self) -> None:
+        from namespaces import ctypes_lite as ct
+
+        lib = ct.Library(LIBRARY)
+        self._syscall = lib.seccomp_syscall_resolve_name  # int (const char *)
+        self._arch = lib.seccomp_arch_resolve_name  # uint32_t (const char *)
+        self._arch.restype = ct.c_uint32
+        get_version = lib.seccomp_version  # const struct scmp_version * (void)
+        get_version.restype = ct.c_void_p
+        major, minor, micro = (ct.c_uint * 3).from_address(get_version())
+        self._version = f"{major}.{minor}.{micro}"
+
+    def version(self) -> str:
+        return self._version
+
+    def resolve_syscall(self, name: str) -> int:
+        return int(self._syscall(name.encode()))
+
+    def resolve_arch(self, name: str) -> int:
+        return int(self._arch(name.encode()))
+
+
+_lookups: _Names | None = None
 _lib: _Lib | None = None
+
+
+def lookups() -> _Names:
+    """libseccomp's lookups, loaded once per process (OSError if it cannot be)."""
+    global _lookups
+    if _lookups is None:
+        _lookups = _Names()
+    return _lookups
 
 
 def library() -> _Lib:
@@ -345,7 +381,7 @@ def plan_seccomp(raw: Any, *, field_name: str = "linux.seccomp") -> SeccompProgr
     if not isinstance(raw, dict):
         raise SpecError(field_name, "must be an object")
     try:
-        lib = library()
+        lib = lookups()
     except OSError as exc:
         raise SpecError(
             field_name, f"seccomp needs {LIBRARY}, which cannot be loaded: {exc}"
@@ -552,7 +588,7 @@ def cache_key(program: SeccompProgram) -> str:
 
     parts = (
         CACHE_FORMAT,
-        library().version(),
+        lookups().version(),
         os.uname().machine,
         program.default_action,
         program.arches,

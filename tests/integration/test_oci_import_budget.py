@@ -108,3 +108,21 @@ def test_run_stays_off_the_expensive_imports(oci, make_bundle, tmp_path):
     modules = loaded_by(oci, tmp_path, "run", "--bundle", str(make_bundle(["true"])), "r1")
     assert not modules & FORBIDDEN, sorted(modules & FORBIDDEN)
     assert oci.ids() == []
+
+
+def test_a_cached_seccomp_filter_costs_no_ctypes(oci, make_bundle, tmp_path):
+    """Engines pass a profile with every container: once its filter is compiled
+    (libseccomp through ctypes), later creates find it in --root/@seccomp and only
+    resolve names, through namespaces.ctypes_lite."""
+    from runtime.defaults import default_config
+
+    bundle = make_bundle(["sleep", "100"])
+    config = json.loads((bundle / "config.json").read_text())
+    config["linux"]["seccomp"] = default_config()["linux"]["seccomp"]
+    (bundle / "config.json").write_text(json.dumps(config))
+    first = loaded_by(oci, tmp_path, "create", "--bundle", str(bundle), "s1")
+    assert "ctypes" in first  # compiled: this is the check's control
+    second = loaded_by(oci, tmp_path, "create", "--bundle", str(bundle), "s2")
+    assert not second & FORBIDDEN, sorted(second & FORBIDDEN)
+    for cid in ("s1", "s2"):
+        oci("delete", "--force", cid)
