@@ -169,6 +169,8 @@ def create(root: RuntimeRoot, cid: str, opts: CreateOptions) -> ContainerState:
         config_path=os.path.join(opts.bundle, "config.json"),
         status=CREATING,
         resources=dict((p.config.get("linux") or {}).get("resources") or {}),
+        creator=os.getpid(),
+        creator_start=proc_start_time(os.getpid()) or 0,
     )
     cdir.save(state)
     manager = None

@@ -86,6 +86,8 @@ class ContainerState:
         config_path: str = "",  # the config.json the container was created from
         status: str = CREATING,  # the last recorded status; see ContainerDir.status()
         resources: dict[str, Any] | None = None,
+        creator: int = 0,  # the PID of the process running `create`, while it does
+        creator_start: int = 0,  # and its start time, so a reused PID is not taken for it
     ) -> None:
         self.id = id
         self.bundle = bundle
@@ -101,6 +103,8 @@ class ContainerState:
         self.config_path = config_path
         self.status = status
         self.resources = resources or {}
+        self.creator = creator
+        self.creator_start = creator_start
 
     def to_json(self) -> dict[str, Any]:
         """state.json: every attribute, under the name __init__ takes it by."""
@@ -183,8 +187,15 @@ class ContainerDir:
         return _DirLock(self.path)
 
     def status(self, state: ContainerState) -> str:
-        """The status now, from the kernel: created / running / paused / stopped."""
+        """The status now, from the kernel: creating / created / running / paused / stopped.
+
+        A container whose `create` was killed midway (kill -9, OOM) stays "creating"
+        on disk; once that process is gone it is "stopped": nothing of it runs (its
+        init dies with its creator) and `delete` removes what is left, as after runc.
+        """
         if state.status == CREATING:
+            if state.creator and proc_start_time(state.creator) != state.creator_start:
+                return STOPPED
             return CREATING
         if not state.pid or proc_start_time(state.pid) != state.pid_start:
             return STOPPED

@@ -263,3 +263,54 @@ def test_no_pivot(oci, make_bundle):
     res = oci("run", "--no-pivot", "--bundle", str(bundle), "np1")
     names = res.stdout.split()
     assert "bin" in names and "etc" in names
+
+
+def test_a_create_killed_midway_leaves_a_stopped_container_that_delete_removes(
+    oci, make_bundle, tmp_path
+):
+    """kill -9 of `create` while a createRuntime hook runs: the record says "creating",
+    but with its creator gone the container is stopped, and a plain delete removes it
+    and its cgroup (as after runc); nothing of it keeps running."""
+    import os
+    import signal
+    import subprocess
+
+    from cgroups.discovery import discover
+    from tests.fixtures.oci import OCI
+
+    hook_pid = tmp_path / "hook.pid"
+    hook = {"path": "/bin/sh", "args": ["sh", "-c", f"echo $$ > {hook_pid}; exec sleep 60"]}
+    bundle = make_bundle(["true"], edit=lambda c: c.update(hooks={"createRuntime": [hook]}))
+    with open(tmp_path / "out", "wb") as out:  # files, not pipes: the init would hold a pipe
+        create = subprocess.Popen(
+            [*OCI, "--root", str(oci.root), "create", "--bundle", str(bundle), "k1"],
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=out,
+        )
+    try:
+        deadline = time.monotonic() + 30
+        while not (hook_pid.exists() and hook_pid.read_text().strip()):
+            assert create.poll() is None, (tmp_path / "out").read_text()
+            assert time.monotonic() < deadline, "the hook never ran"
+            time.sleep(0.02)
+        assert oci.status("k1") == "creating"  # its creator is alive: still being made
+        cgroup_dir = json.loads((oci.root / "k1" / "state.json").read_text())["cgroup"]
+        create.send_signal(signal.SIGKILL)
+        create.wait(timeout=10)
+        assert oci.status("k1") == "stopped"
+        assert oci.state("k1")["pid"] == 0
+        oci("delete", "k1")
+        assert oci.ids() == []
+        mount_point = discover().mount_point
+        assert mount_point is not None
+        assert not Path(mount_point, cgroup_dir.lstrip("/")).exists()
+    finally:
+        if create.poll() is None:
+            create.kill()
+            create.wait()
+        if hook_pid.exists() and hook_pid.read_text().strip():
+            try:  # the hook is its own process, orphaned by the kill: ours to end
+                os.kill(int(hook_pid.read_text()), signal.SIGKILL)
+            except ProcessLookupError:
+                pass
