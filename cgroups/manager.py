@@ -32,6 +32,7 @@ from cgroups.errors import (
     FeatureUnavailable,
     ResourceError,
 )
+from cgroups.procs import add_process, fork_into, read_procs
 from cgroups.resources import (
     PREFIX,
     Memory,
@@ -48,7 +49,7 @@ from cgroups.resources import (
 )
 from namespaces.record import FrozenRecord, Record
 from namespaces.signals import SIGKILL
-from namespaces.syscalls import SyscallError, Syscalls, libc
+from namespaces.syscalls import Syscalls, libc
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -119,19 +120,6 @@ def _read_words(path: str) -> frozenset[str]:
         return frozenset(_read_text(path).split())
     except FileNotFoundError:
         return frozenset()
-
-
-def read_procs(cgroup: str | os.PathLike[str]) -> list[int]:
-    """PIDs in cgroup.procs of one cgroup (not its children)."""
-    try:
-        text = _read_text(os.path.join(cgroup, "cgroup.procs"))
-    except FileNotFoundError:
-        raise CgroupNotFound("cgroup does not exist", cgroup) from None
-    except OSError as exc:
-        if exc.errno == errno.ENODEV:
-            raise CgroupNotFound("cgroup was removed", cgroup) from None
-        raise
-    return [int(line) for line in text.split()]
 
 
 def walk_cgroups(top: str | os.PathLike[str]) -> Iterator[str]:
@@ -661,52 +649,13 @@ class CgroupV2Manager:
         return created
 
     def fork_into(self, flags: int = 0) -> int | None:
-        """fork(), the child born in this cgroup (clone3 CLONE_INTO_CGROUP, Linux >= 5.7):
-        the child's PID in the parent, 0 in the child; None where that cannot be done
-        (an older kernel, clone3 refused by a seccomp profile, or more than one thread
-        here): fork and add_process() then. `flags` (CLONE_NEW*) has the child born in
-        new namespaces too (see Libc.fork_into_cgroup).
-
-        Moving a process in later (add_process) takes the kernel's threadgroup lock for
-        writing, which waits for an RCU grace period: ~10-30 ms of every container start
-        when no migration happened just before. Being born in the cgroup only reads it.
-        The child skips Python's after-fork handlers (see Libc.fork_into_cgroup), hence
-        the single-thread condition; the runtime's children exec or exit, and need none.
-        """
-        if len(os.listdir("/proc/self/task")) != 1:
-            return None
-        try:
-            fd = os.open(self.dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-        except FileNotFoundError:
-            raise CgroupNotFound("cgroup does not exist", self.dir) from None
-        try:
-            return self.sys.fork_into_cgroup(fd, flags)
-        except SyscallError as exc:
-            if exc.errno in (errno.ENOSYS, errno.E2BIG):  # no clone3, or no CLONE_INTO_CGROUP
-                return None
-            raise CgroupError(
-                f"cannot start a process in the cgroup: {os.strerror(exc.errno or 0)}",
-                self.dir,
-            ) from exc
-        finally:
-            os.close(fd)
+        """fork(), the child born in this cgroup (cgroups.procs.fork_into): its PID in the
+        parent, 0 in the child, None where the kernel or this process cannot."""
+        return fork_into(self.dir, flags, self.sys)
 
     def add_process(self, pid: int) -> None:
         """Move process `pid` (all its threads) into this cgroup."""
-        self._require()
-        for attempt in range(5):
-            try:
-                write_file(os.path.join(self.dir, "cgroup.procs"), str(pid))
-                return
-            except CgroupWriteError as exc:
-                # EINVAL can be a task still being forked (TASK_NEW): try again shortly.
-                if exc.errno != errno.EINVAL or attempt == 4:
-                    if exc.errno == errno.ESRCH:
-                        raise CgroupWriteError(
-                            exc.path or self.dir, str(pid), exc.errno, f"no process {pid}"
-                        ) from exc
-                    raise
-                time.sleep(0.03)
+        add_process(self.dir, pid)
 
     def apply(self, resources: Resources) -> None:
         """Set every limit in `resources`, or none of them if any is refused (see module doc)."""

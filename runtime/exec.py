@@ -18,8 +18,15 @@ from namespaces import syscalls as sc
 from namespaces.record import Record
 from runtime import jsonio, process
 from runtime.errors import InvalidState, RuntimeFailure, SpecError
-from runtime.init import FLAGS, JOIN_ORDER, PR_SET_DUMPABLE, _fail, console_size, owner_uid
-from runtime.state import CREATED, RUNNING, RuntimeRoot
+from runtime.forked import (
+    FLAGS,
+    JOIN_ORDER,
+    PR_SET_DUMPABLE,
+    console_size,
+    owner_uid,
+    report_failure,
+)
+from runtime.state import CREATED, RUNNING, RuntimeRoot, container_cgroup_dir
 from runtime.sync import Channel
 
 TYPE_CHECKING = False
@@ -140,16 +147,18 @@ def exec_in(root: RuntimeRoot, cid: str, opts: ExecOptions) -> int:
     plan = process.with_compiled_seccomp(plan, root.seccomp_cache)
     s = sc.libc()
     s.prctl(PR_SET_CHILD_SUBREAPER, 1)
-    from cgroups.manager import CgroupV2Manager
+    from cgroups import procs  # not the manager: exec sets no limits (~1 ms of imports)
 
-    manager = CgroupV2Manager(state.cgroup)
+    cgroup = container_cgroup_dir(state)
+    if not cgroup:
+        raise RuntimeFailure("cannot find the container's cgroup", container=cid)
     console_fd = None
     if opts.console_socket:
         from runtime import console
 
         console_fd = console.connect_console_socket(opts.console_socket)
     ours, theirs = Channel.pair()
-    forked = manager.fork_into()  # the joiner born in the cgroup; None: fork + add_process
+    forked = procs.fork_into(cgroup)  # the joiner born in the cgroup; None: fork + add_process
     child = os.fork() if forked is None else forked
     if child == 0:
         gc.disable()  # a forked child runs no finalizers of its parent's objects (gRPC's hang)
@@ -163,7 +172,7 @@ def exec_in(root: RuntimeRoot, cid: str, opts: ExecOptions) -> int:
         os.close(console_fd)  # the joiner has its copy
     try:
         if forked is None:
-            manager.add_process(child)
+            procs.add_process(cgroup, child)
         ours.send("go")
         # the joiner's "pid" and its child's "ready" may arrive in either order
         got = {m["type"]: m for m in (ours.recv("pid", "ready"), ours.recv("pid", "ready"))}
@@ -231,12 +240,12 @@ def _joiner(
                 ch.send("ready")
                 ch.close()
             except BaseException as exc:
-                _fail(ch, exc)
+                report_failure(ch, exc)
             process.exec_process(plan, preserve_fds=opts.preserve_fds, sys=s)
         ch.send("pid", pid=pid)
         os._exit(0)
     except BaseException as exc:
-        _fail(ch, exc)
+        report_failure(ch, exc)
 
 
 def wait_forwarding_signals(pid: int) -> int:

@@ -21,27 +21,20 @@ import os
 from namespaces import syscalls as sc
 from namespaces.record import Record
 from runtime import process, rootfs
+from runtime.forked import (
+    FLAGS,
+    JOIN_ORDER,
+    PR_SET_DUMPABLE,
+    console_size,
+    owner_uid,
+    report_failure,
+)
 from runtime.spec import NamespaceSpec
 from runtime.sync import Channel
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any, NoReturn
-
-PR_SET_DUMPABLE = 4
-
-# setns order: a user namespace first (it owns the others), the mount namespace last
-JOIN_ORDER = ("user", "ipc", "uts", "network", "pid", "cgroup", "time", "mount")
-FLAGS = {
-    "pid": sc.CLONE_NEWPID,
-    "network": sc.CLONE_NEWNET,
-    "mount": sc.CLONE_NEWNS,
-    "ipc": sc.CLONE_NEWIPC,
-    "uts": sc.CLONE_NEWUTS,
-    "user": sc.CLONE_NEWUSER,
-    "cgroup": sc.CLONE_NEWCGROUP,
-    "time": sc.CLONE_NEWTIME,
-}
 
 
 class InitContext(Record):
@@ -105,18 +98,6 @@ def direct_flags(namespaces: list[NamespaceSpec]) -> int | None:
     return flags
 
 
-def _fail(ch: Channel, exc: BaseException) -> NoReturn:
-    try:
-        detail = str(exc) or type(exc).__name__
-        if os.environ.get("PINNACE_OCI_DEBUG"):
-            import traceback  # preloaded: this may run after pivot_root
-
-            detail += "\n" + traceback.format_exc()
-        ch.send("error", message=detail)
-    finally:
-        os._exit(1)
-
-
 def bootstrap(ch: Channel, ctx: InitContext, sys: sc.Syscalls) -> NoReturn:
     """Enter/create namespaces, fork the init, report its PID, exit."""
     try:
@@ -162,7 +143,7 @@ def bootstrap(ch: Channel, ctx: InitContext, sys: sc.Syscalls) -> NoReturn:
         os.close(said_w)
         os._exit(0)
     except BaseException as exc:
-        _fail(ch, exc)
+        report_failure(ch, exc)
 
 
 def _write_time_offsets(config: dict[str, Any]) -> None:
@@ -175,19 +156,6 @@ def _write_time_offsets(config: dict[str, Any]) -> None:
     if lines:
         with open("/proc/self/timens_offsets", "w") as f:
             f.write("".join(lines))
-
-
-def console_size(config: dict[str, Any]) -> tuple[int, int] | None:
-    size = (config.get("process") or {}).get("consoleSize")
-    if not size:
-        return None
-    return int(size.get("height", 0)), int(size.get("width", 0))
-
-
-def owner_uid(config: dict[str, Any]) -> int | None:
-    """The pty belongs to the process's user when that is not root."""
-    uid = int(((config.get("process") or {}).get("user") or {}).get("uid", 0))
-    return uid or None
 
 
 def _preload(ctx: InitContext) -> None:
@@ -204,7 +172,7 @@ def _preload(ctx: InitContext) -> None:
 
         console.preload()
     if os.environ.get("PINNACE_OCI_DEBUG"):
-        import traceback  # noqa: F401  (_fail)
+        import traceback  # noqa: F401  (report_failure)
 
 
 def _container_hooks(config: dict[str, Any], *kinds: str) -> list[dict[str, Any]]:
@@ -258,7 +226,7 @@ def init(ch: Channel, ctx: InitContext, sys: sc.Syscalls) -> NoReturn:
         ch.send("ready")
         ch.close()
     except BaseException as exc:
-        _fail(ch, exc)
+        report_failure(ch, exc)
     # Created. Block until `start` opens the fifo for reading.
     try:
         fd = os.open(f"/proc/self/fd/{fifo_fd}", os.O_WRONLY | os.O_CLOEXEC)
