@@ -186,7 +186,9 @@ def create(root: RuntimeRoot, cid: str, opts: CreateOptions) -> ContainerState:
         os.mkfifo(fifo, 0o622)
         os.chmod(fifo, 0o622)  # any container uid may open it to signal readiness
         fifo_fd = os.open(fifo, os.O_PATH | os.O_CLOEXEC)
-        manager = CgroupV2Manager(p.cgroup)
+        cgroup = CgroupV2Manager(p.cgroup)
+        _refuse_a_cgroup_in_use(cgroup.dir, cid)  # before `manager` is set: _undo must not
+        manager = cgroup  # destroy a cgroup with another container's processes in it
         manager.create(p.resources)
         state.cgroup_dir = manager.dir
         manager.apply(p.resources)  # limits in place before any process joins
@@ -299,6 +301,26 @@ def _idmapped_trees(
         return rootfs.open_idmapped_trees(config, bundle, sys=s, userns_fd=userns)
     finally:
         os.close(userns)
+
+
+def _refuse_a_cgroup_in_use(cgroup_dir: str, cid: str) -> None:
+    """Refuse a cgroup that already has processes (in it or below), as runc does: its
+    processes are another container's, and deleting this one would kill them. Two
+    containers get the same cgroup when they share an id across --root directories
+    (the default path is /pinnace/ID) or name the same linux.cgroupsPath."""
+    from cgroups.errors import CgroupNotFound
+    from cgroups.event_wait import read_event
+
+    try:
+        populated = read_event(cgroup_dir, "populated")
+    except CgroupNotFound:
+        return
+    if populated:
+        raise RuntimeFailure(
+            f"the container's cgroup is not empty: {cgroup_dir} has processes "
+            "(another container's?); give this one its own linux.cgroupsPath",
+            container=cid,
+        )
 
 
 def _undo(state: ContainerState, child: int, manager: Any) -> None:

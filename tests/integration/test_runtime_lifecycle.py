@@ -314,3 +314,25 @@ def test_a_create_killed_midway_leaves_a_stopped_container_that_delete_removes(
                 os.kill(int(hook_pid.read_text()), signal.SIGKILL)
             except ProcessLookupError:
                 pass
+
+
+def test_a_cgroup_with_another_containers_processes_is_refused(oci, make_bundle, tmp_path):
+    """Two containers named alike under two --root directories get the same default
+    cgroup (/pinnace/ID), as two that name the same cgroupsPath do: the second create
+    must fail and leave the first running, not take its cgroup and, on delete, kill it."""
+    from tests.fixtures.oci import OCIRuntime
+
+    bundle = make_bundle(["sleep", "1000"])
+    oci("create", "--bundle", str(bundle), "same")
+    pid = oci.state("same")["pid"]
+    other = OCIRuntime(tmp_path / "other-root")
+    try:
+        res = other("create", "--bundle", str(bundle), "same", check=False)
+        assert res.returncode == 1
+        assert "cgroup is not empty" in res.stderr, res.stderr
+        assert not (tmp_path / "other-root" / "same").exists()  # nothing half-created
+        assert oci.status("same") == "created"
+        assert Path(f"/proc/{pid}").exists()  # the failed create's undo did not kill it
+    finally:
+        other("delete", "--force", "same", check=False)  # if it was made after all
+    oci("delete", "--force", "same")
