@@ -311,9 +311,11 @@ def _refuse_a_cgroup_in_use(cgroup_dir: str, cid: str) -> None:
     from cgroups.errors import CgroupNotFound
     from cgroups.event_wait import read_event
 
+    if not os.path.isdir(cgroup_dir):  # the usual case, and without an exception: the
+        return  # constructor of CgroupError imports pathlib (~10 ms)
     try:
         populated = read_event(cgroup_dir, "populated")
-    except CgroupNotFound:
+    except CgroupNotFound:  # removed meanwhile
         return
     if populated:
         raise RuntimeFailure(
