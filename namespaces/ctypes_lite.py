@@ -44,27 +44,17 @@ if TYPE_CHECKING:  # type-check as ctypes' own classes (mypy knows their special
     from ctypes import c_char, c_int, c_long, c_uint, c_ulong, c_ushort, c_void_p
 else:
 
-    class c_int(_ctypes._SimpleCData):
-        _type_ = "i"
+    def _simple(name: str, code: str) -> type:
+        """A C scalar type as ctypes declares it: a _SimpleCData subclass with a type code."""
+        return type(name, (_ctypes._SimpleCData,), {"_type_": code, "__module__": __name__})
 
-    class c_uint(_ctypes._SimpleCData):
-        _type_ = "I"
-
-    class c_long(_ctypes._SimpleCData):
-        _type_ = "l"
-
-    class c_ulong(_ctypes._SimpleCData):
-        _type_ = "L"
-
-    class c_ushort(_ctypes._SimpleCData):
-        _type_ = "H"
-
-    class c_char(_ctypes._SimpleCData):
-        _type_ = "c"
-
-    class c_void_p(_ctypes._SimpleCData):
-        _type_ = "P"
-
+    c_int = _simple("c_int", "i")
+    c_uint = _simple("c_uint", "I")
+    c_long = _simple("c_long", "l")
+    c_ulong = _simple("c_ulong", "L")
+    c_ushort = _simple("c_ushort", "H")
+    c_char = _simple("c_char", "c")
+    c_void_p = _simple("c_void_p", "P")
 
 c_uint32 = c_uint
 c_uint64 = c_ulong
