@@ -26,7 +26,7 @@ from pathlib import Path
 
 from cgroups.errors import CgroupError, CgroupNotFound, ControllerUnavailable
 from cgroups.event_wait import wait_for_event as wait_for_event  # re-exported
-from cgroups.stats import MemoryEvents, parse_flat_keyed, parse_memory_events
+from cgroups.stats import MemoryEvents, parse_memory_events
 from namespaces.syscalls import Syscalls, libc
 
 # linux/inotify.h
@@ -92,18 +92,6 @@ class Inotify:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-
-def read_cgroup_events(cgroup: Path) -> dict[str, int]:
-    """cgroup.events as a dict ({"populated": 0, "frozen": 0})."""
-    try:
-        return parse_flat_keyed((cgroup / "cgroup.events").read_text())
-    except (FileNotFoundError, NotADirectoryError):
-        raise CgroupNotFound("cgroup does not exist", cgroup) from None
-    except OSError as exc:
-        if exc.errno == errno.ENODEV:
-            raise CgroupNotFound("cgroup was removed", cgroup) from None
-        raise
 
 
 # --- OOM kills -------------------------------------------------------------------------

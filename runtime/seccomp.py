@@ -179,7 +179,8 @@ class SeccompProgram(FrozenRecord):
 
 
 class _Lib:
-    """libseccomp's functions with their C signatures."""
+    """libseccomp's functions that build, compile and load a filter, with their C
+    signatures (names and the version are _Names')."""
 
     def __init__(self) -> None:
         import ctypes
@@ -196,13 +197,6 @@ class _Lib:
                 ("datum_b", ctypes.c_uint64),
             )
 
-        class Version(ctypes.Structure):
-            _fields_ = (
-                ("major", ctypes.c_uint),
-                ("minor", ctypes.c_uint),
-                ("micro", ctypes.c_uint),
-            )
-
         self.ArgCmp = ArgCmp
         self.seccomp_init = lib.seccomp_init
         self.seccomp_init.argtypes = [ctypes.c_uint32]
@@ -213,15 +207,6 @@ class _Lib:
         self.seccomp_arch_add = lib.seccomp_arch_add
         self.seccomp_arch_add.argtypes = [c_ctx, ctypes.c_uint32]
         self.seccomp_arch_add.restype = ctypes.c_int
-        self.seccomp_arch_resolve_name = lib.seccomp_arch_resolve_name
-        self.seccomp_arch_resolve_name.argtypes = [ctypes.c_char_p]
-        self.seccomp_arch_resolve_name.restype = ctypes.c_uint32
-        self.seccomp_arch_native = lib.seccomp_arch_native
-        self.seccomp_arch_native.argtypes = []
-        self.seccomp_arch_native.restype = ctypes.c_uint32
-        self.seccomp_syscall_resolve_name = lib.seccomp_syscall_resolve_name
-        self.seccomp_syscall_resolve_name.argtypes = [ctypes.c_char_p]
-        self.seccomp_syscall_resolve_name.restype = ctypes.c_int
         self.seccomp_rule_add_array = lib.seccomp_rule_add_array
         self.seccomp_rule_add_array.argtypes = [
             c_ctx,
@@ -243,19 +228,6 @@ class _Lib:
         self.seccomp_export_bpf = lib.seccomp_export_bpf
         self.seccomp_export_bpf.argtypes = [c_ctx, ctypes.c_int]
         self.seccomp_export_bpf.restype = ctypes.c_int
-        self.seccomp_version = lib.seccomp_version
-        self.seccomp_version.argtypes = []
-        self.seccomp_version.restype = ctypes.POINTER(Version)
-
-    def version(self) -> str:
-        v = self.seccomp_version().contents
-        return f"{v.major}.{v.minor}.{v.micro}"
-
-    def resolve_syscall(self, name: str) -> int:
-        return int(self.seccomp_syscall_resolve_name(name.encode()))
-
-    def resolve_arch(self, name: str) -> int:
-        return int(self.seccomp_arch_resolve_name(name.encode()))
 
 
 class _Names:

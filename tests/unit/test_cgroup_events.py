@@ -17,12 +17,12 @@ import pytest
 
 from cgroups.discovery import CgroupHierarchy, CgroupMode
 from cgroups.errors import CgroupNotFound, CgroupTimeout, ControllerUnavailable
+from cgroups.event_wait import event_value, read_event
 from cgroups.events import (
     IN_IGNORED,
     IN_MODIFY,
     OOMWatcher,
     parse_inotify_events,
-    read_cgroup_events,
     wait_for_event,
 )
 from cgroups.manager import CgroupV2Manager
@@ -45,11 +45,14 @@ def test_parse_inotify_events():
     assert parse_inotify_events(b"") == []
 
 
-def test_read_cgroup_events(tmp_path):
+def test_read_event(tmp_path):
     (tmp_path / "cgroup.events").write_text("populated 1\nfrozen 0\n")
-    assert read_cgroup_events(tmp_path) == {"populated": 1, "frozen": 0}
+    assert read_event(tmp_path, "populated") == 1
+    assert read_event(tmp_path, "frozen") == 0
+    assert read_event(tmp_path, "missing") is None
+    assert event_value(b"populated 1\nfrozen 10\n", "frozen") == 10
     with pytest.raises(CgroupNotFound):
-        read_cgroup_events(tmp_path / "gone")
+        read_event(tmp_path / "gone", "populated")
 
 
 def test_wait_returns_when_the_file_changes(tmp_path):
@@ -60,7 +63,7 @@ def test_wait_returns_when_the_file_changes(tmp_path):
         wait_for_event(tmp_path, "frozen", 1, timeout=30)
     finally:
         t.join()
-    assert read_cgroup_events(tmp_path)["frozen"] == 1
+    assert read_event(tmp_path, "frozen") == 1
 
 
 def test_wait_on_a_missing_cgroup(tmp_path):

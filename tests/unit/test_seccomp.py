@@ -21,7 +21,7 @@ def pfc(prog):
 
 
 def nr(name):
-    return S.library().resolve_syscall(name)
+    return S.lookups().resolve_syscall(name)
 
 
 @pytest.mark.parametrize(
@@ -96,7 +96,7 @@ def test_unknown_syscalls_and_architectures_are_skipped_with_notes():
     )
     assert [r.name for r in p.rules] == ["read"]
     assert any("syscalls[0].names[1]" in n and "no_such_call" in n for n in p.notes)
-    if S.library().resolve_arch("loongarch64") == 0:
+    if S.lookups().resolve_arch("loongarch64") == 0:
         assert any("architectures[1]" in n for n in p.notes)
 
 
