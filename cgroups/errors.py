@@ -19,11 +19,17 @@ class CgroupError(Exception):
     """Base of every cgroup manager failure; `path` is the cgroup dir or file concerned."""
 
     def __init__(self, message: str, path: str | os.PathLike[str] | None = None) -> None:
-        # pathlib only on failure: importing it costs every runtime verb ~10 ms.
+        self._path = os.fspath(path) if path is not None else None
+        super().__init__(f"{message} ({self._path})" if self._path is not None else message)
+
+    @property
+    def path(self) -> Path | None:
+        """The cgroup dir or file concerned. A Path made when asked: importing pathlib
+        costs ~10 ms, and the runtime verbs raise and catch CgroupNotFound in their
+        normal flow (a cgroup that is not there yet, or any more)."""
         from pathlib import Path
 
-        self.path: Path | None = Path(path) if path is not None else None
-        super().__init__(f"{message} ({self.path})" if self.path is not None else message)
+        return Path(self._path) if self._path is not None else None
 
 
 class CgroupPathError(CgroupError, ValueError):

@@ -33,10 +33,7 @@ def event_value(text: bytes, key: str) -> int | None:
 
 def read_event(cgroup_dir: str | os.PathLike[str], key: str) -> int | None:
     """One key of the cgroup's cgroup.events; CgroupNotFound if the cgroup is gone."""
-    try:
-        fd = os.open(os.path.join(cgroup_dir, "cgroup.events"), os.O_RDONLY | os.O_CLOEXEC)
-    except (FileNotFoundError, NotADirectoryError):
-        raise CgroupNotFound("cgroup does not exist", cgroup_dir) from None
+    fd = _open_events(cgroup_dir)
     try:
         return event_value(_pread(fd, cgroup_dir), key)
     finally:
@@ -54,10 +51,7 @@ def wait_for_event(cgroup_dir: str | os.PathLike[str], key: str, want: int, time
     the next (CGROUP_FILE_NOTIFY_MIN_INTV), so the file is also re-read after
     1, 2, 4... ms, up to RECHECK seconds apart.
     """
-    try:
-        fd = os.open(os.path.join(cgroup_dir, "cgroup.events"), os.O_RDONLY | os.O_CLOEXEC)
-    except (FileNotFoundError, NotADirectoryError):
-        raise CgroupNotFound("cgroup does not exist", cgroup_dir) from None
+    fd = _open_events(cgroup_dir)
     try:
         poller = select.poll()
         poller.register(fd, select.POLLPRI)
@@ -73,6 +67,13 @@ def wait_for_event(cgroup_dir: str | os.PathLike[str], key: str, want: int, time
             slice_ = min(slice_ * 2, RECHECK)
     finally:
         os.close(fd)
+
+
+def _open_events(cgroup_dir: str | os.PathLike[str]) -> int:
+    try:
+        return os.open(os.path.join(cgroup_dir, "cgroup.events"), os.O_RDONLY | os.O_CLOEXEC)
+    except (FileNotFoundError, NotADirectoryError):
+        raise CgroupNotFound("cgroup does not exist", cgroup_dir) from None
 
 
 def _pread(fd: int, cgroup_dir: str | os.PathLike[str]) -> bytes:

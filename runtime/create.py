@@ -187,8 +187,9 @@ def create(root: RuntimeRoot, cid: str, opts: CreateOptions) -> ContainerState:
         os.chmod(fifo, 0o622)  # any container uid may open it to signal readiness
         fifo_fd = os.open(fifo, os.O_PATH | os.O_CLOEXEC)
         cgroup = CgroupV2Manager(p.cgroup)
-        _refuse_a_cgroup_in_use(cgroup.dir, cid)  # before `manager` is set: _undo must not
-        manager = cgroup  # destroy a cgroup with another container's processes in it
+        # before `manager` is set, so that _undo never destroys another container's cgroup
+        _refuse_a_cgroup_in_use(cgroup.dir, cid)
+        manager = cgroup
         manager.create(p.resources)
         state.cgroup_dir = manager.dir
         manager.apply(p.resources)  # limits in place before any process joins
@@ -311,11 +312,9 @@ def _refuse_a_cgroup_in_use(cgroup_dir: str, cid: str) -> None:
     from cgroups.errors import CgroupNotFound
     from cgroups.event_wait import read_event
 
-    if not os.path.isdir(cgroup_dir):  # the usual case, and without an exception: the
-        return  # constructor of CgroupError imports pathlib (~10 ms)
     try:
         populated = read_event(cgroup_dir, "populated")
-    except CgroupNotFound:  # removed meanwhile
+    except CgroupNotFound:  # the usual case: a new cgroup
         return
     if populated:
         raise RuntimeFailure(
