@@ -55,16 +55,24 @@ class Failed(Exception):
 
 
 def default_runtimes(scratch: Path) -> list[Runtime]:
-    """pinnace-oci as installed beside this Python (bin/setup makes it the fast launcher of
-    runtime/launcher.py), or that launcher written to `scratch` where the project is not
-    installed (the VM tier runs it from the checkout); Debian's runc and crun if present."""
+    """pinnace-oci as installed beside this Python (bin/setup makes it the compiled front
+    end of runtime/launcher.py), or one put together in `scratch` where the project is not
+    installed (the VM tier runs it from the checkout): the Python launcher, and beside it
+    the front end PINNACE_OCI_FRONT_END names (built by the host for a guest without a
+    compiler); Debian's runc and crun if present."""
     script = Path(sys.executable).parent / "pinnace-oci"
     if not script.exists():
         sys.path.insert(0, str(TOP))
-        from runtime.launcher import install
+        from runtime.launcher import PYTHON_LAUNCHER, install
 
         script = scratch / "pinnace-oci"
-        install(str(script))
+        prebuilt = os.environ.get("PINNACE_OCI_FRONT_END")
+        if prebuilt:
+            install(str(scratch / PYTHON_LAUNCHER))
+            shutil.copyfile(prebuilt, script)
+            script.chmod(0o755)
+        else:
+            install(str(script))
     found = [Runtime("pinnace-oci", [str(script)])]
     for name in ("runc", "crun"):
         path = shutil.which(name, path="/usr/sbin:/usr/bin:/sbin:/bin")

@@ -3,13 +3,16 @@
 Global options come before the verb, as with runc:
   pinnace-oci [--root DIR] [--log FILE] [--log-format text|json] [--debug] VERB ...
 
-This is the hot path of every container start (one process per verb), so
-it imports each verb's module only when that verb runs, and the verbs an
-engine runs for every container (create, start, state, kill, delete, run)
-are parsed by `fast_parse` from the tables below: building the argparse
-parser costs ~7 ms, as much as the verb's own work. argparse (`_parser`)
-stays the grammar: anything the fast path does not recognise exactly
-(help, abbreviations, clustered flags, errors...) goes to argparse, and
+This is the hot path of every container start (one process per verb). The
+installed `pinnace-oci` is the compiled front end (runtime/front_end.c): it
+does `start` and `delete` of a plain container itself, with this grammar for
+them, and execs this module's launcher for everything else. Here each verb's
+module is imported only when that verb runs, and the verbs an engine runs
+for every container (create, start, state, kill, delete, run) are parsed by
+`fast_parse` from the tables below: building the argparse parser costs
+~7 ms, as much as the verb's own work. argparse (`_parser`) stays the
+grammar: anything the fast path does not recognise exactly (help,
+abbreviations, clustered flags, errors...) goes to argparse, and
 tests/unit/test_cli_fast_path.py checks that both agree.
 """
 

@@ -273,6 +273,7 @@ def create(root: RuntimeRoot, cid: str, opts: CreateOptions) -> ContainerState:
         ours.close()
         state.status = CREATED
         cdir.save(state)
+        cdir.save_front_end_record(state)
         if opts.pid_file:
             _write_pid_file(opts.pid_file, state.pid)
         return state

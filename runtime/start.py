@@ -27,9 +27,9 @@ def start(root: RuntimeRoot, cid: str) -> None:
             _await_go(fd, state.pid, state.pid_start, cid)
         finally:
             os.close(fd)
+        # Gone, the fifo says "running" (ContainerDir.status); state.json keeps "created",
+        # as it does after the front end's start (runtime/front_end.c).
         os.unlink(cdir.fifo)
-        state.status = RUNNING
-        cdir.save(state)
     if state.hooks.get("poststart"):
         from runtime import hooks
 

@@ -37,6 +37,10 @@ OCI_VERSION = "1.2.0"
 ID_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_+-.")
 FIFO = "exec.fifo"
 STATE = "state.json"
+# What the compiled front end (runtime/front_end.c) reads to start or delete a container
+# without Python; create writes it only when those verbs need nothing more (front_end_record).
+FRONT_END = "front-end"
+FRONT_END_HEADER = "pinnace-oci front-end 1\n"
 
 CREATING, CREATED, RUNNING, PAUSED, STOPPED = "creating", "created", "running", "paused", "stopped"
 DEFAULT_CGROUP_PARENT = "pinnace"  # containers without linux.cgroupsPath go to /pinnace/<id>
@@ -84,7 +88,7 @@ class ContainerState:
         annotations: dict[str, str] | None = None,
         hooks: dict[str, Any] | None = None,
         config_path: str = "",  # the config.json the container was created from
-        status: str = CREATING,  # the last recorded status; see ContainerDir.status()
+        status: str = CREATING,  # CREATING until create is done, then CREATED; see status()
         resources: dict[str, Any] | None = None,
         creator: int = 0,  # the PID of the process running `create`, while it does
         creator_start: int = 0,  # and its start time, so a reused PID is not taken for it
@@ -183,6 +187,20 @@ class ContainerDir:
             os.close(fd)
         os.rename(tmp, os.path.join(self.path, STATE))
 
+    def save_front_end_record(self, state: ContainerState) -> None:
+        """Let the front end start and delete this container, if it can (front_end_record).
+        Written last by create, so a create killed midway leaves Python in charge."""
+        record = front_end_record(state)
+        if record is None:
+            return
+        tmp = os.path.join(self.path, f".{FRONT_END}.tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+        try:
+            os.write(fd, record.encode())
+        finally:
+            os.close(fd)
+        os.rename(tmp, os.path.join(self.path, FRONT_END))
+
     def lock(self) -> AbstractContextManager[None]:
         return _DirLock(self.path)
 
@@ -220,6 +238,20 @@ class ContainerDir:
             import shutil
 
             shutil.rmtree(self.path, ignore_errors=True)
+
+
+def front_end_record(state: ContainerState) -> str | None:
+    """The front end's record of a created container: its init (PID and start time) and
+    its cgroup's directory. None when `start` or `delete` need the Python runtime: hooks
+    to run after start or stop, or no cgroup directory of its own on record."""
+    if state.hooks.get("poststart") or state.hooks.get("poststop"):
+        return None
+    if not state.pid or not state.pid_start:
+        return None
+    path = state.cgroup_dir
+    if not path.startswith("/") or "\n" in path or "\0" in path:
+        return None
+    return f"{FRONT_END_HEADER}{state.pid} {state.pid_start}\n{path}\n"
 
 
 def container_cgroup_dir(state: ContainerState) -> str:
