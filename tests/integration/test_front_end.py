@@ -87,15 +87,6 @@ def front(oci, builds):
     return FrontEnd(oci.root, builds / "real" / "pinnace-oci", builds / "handed-over")
 
 
-def _wait_status(rt, cid, want, timeout=10.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if rt.status(cid) == want:
-            return
-        time.sleep(0.02)
-    raise AssertionError(f"{cid} never became {want}: {rt.state(cid)}")
-
-
 def _cgroup_dir(rt, cid) -> Path:
     return Path(json.loads((rt.root / cid / "state.json").read_text())["cgroup_dir"])
 
@@ -107,7 +98,7 @@ def test_start_and_delete_of_a_stopped_container_need_no_python(strict, make_bun
     cgroup = _cgroup_dir(strict, "front-a")
     strict.front("start", "front-a")
     assert not (strict.root / "front-a" / "exec.fifo").exists()
-    _wait_status(strict, "front-a", "stopped")
+    strict.wait_for_status("front-a", "stopped")
     assert (bundle / "rootfs" / "ran").read_text() == "ran\n"
     strict.front("delete", "front-a")
     assert not (strict.root / "front-a").exists()
@@ -169,7 +160,7 @@ def test_global_options_in_every_form(strict, make_bundle, tmp_path):
         ],
         label="start",
     )
-    _wait_status(strict, "front-e", "stopped")
+    strict.wait_for_status("front-e", "stopped")
     run_captured(
         [
             str(strict.binary),
@@ -222,7 +213,7 @@ def test_states_that_need_python_are_handed_over_before_any_change(strict, make_
     assert strict.handed_over() == [["--root", str(strict.root), "delete", "front-f"]]
     assert strict.status("front-f") == "running"
     strict("kill", "front-f", "KILL")
-    _wait_status(strict, "front-f", "stopped")
+    strict.wait_for_status("front-f", "stopped")
     # start of a stopped one
     assert strict.front("start", "front-f", check=False).returncode == HANDED_OVER
     assert strict.handed_over() == [["--root", str(strict.root), "start", "front-f"]]

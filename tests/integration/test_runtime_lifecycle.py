@@ -5,15 +5,6 @@ import time
 from pathlib import Path
 
 
-def _wait_status(oci, cid, want, timeout=10.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if oci.status(cid) == want:
-            return
-        time.sleep(0.02)
-    raise AssertionError(f"{cid} never became {want}: {oci.state(cid)}")
-
-
 def test_create_start_state_kill_delete(oci, make_bundle, tmp_path):
     bundle = make_bundle(["sleep", "1000"])
     pid_file = tmp_path / "pid"
@@ -31,7 +22,7 @@ def test_create_start_state_kill_delete(oci, make_bundle, tmp_path):
     assert Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0] == b"sleep"
     assert "c1" in oci.ids()
     oci("kill", "c1", "KILL")
-    _wait_status(oci, "c1", "stopped")
+    oci.wait_for_status("c1", "stopped")
     assert oci.state("c1")["pid"] == 0
     oci("delete", "c1")
     assert oci.ids() == []
@@ -45,7 +36,7 @@ def test_state_survives_the_creating_process(oci, make_bundle):
     oci("create", "--bundle", str(bundle), "c2")
     assert oci.status("c2") == "created"
     oci("start", "c2")
-    _wait_status(oci, "c2", "stopped")
+    oci.wait_for_status("c2", "stopped")
     oci("delete", "c2")
 
 
@@ -73,7 +64,7 @@ def test_start_twice_and_kill_stopped_are_clear_errors(oci, make_bundle):
     bundle = make_bundle(["true"])
     oci("create", "--bundle", str(bundle), "e1")
     oci("start", "e1")
-    _wait_status(oci, "e1", "stopped")
+    oci.wait_for_status("e1", "stopped")
     res = oci("start", "e1", check=False)
     assert res.returncode == 1 and "cannot start a container that has stopped" in res.stderr
     res = oci("kill", "e1", "TERM", check=False)
@@ -153,7 +144,7 @@ def test_kill_all_and_ps(oci, make_bundle):
     table = oci("ps", "k1").stdout.splitlines()
     assert "PID" in table[0].split() and len(table) == 1 + len(pids)
     oci("kill", "--all", "k1", "KILL")
-    _wait_status(oci, "k1", "stopped")
+    oci.wait_for_status("k1", "stopped")
     for pid in pids:
         assert (
             not Path(f"/proc/{pid}/cmdline").exists()
@@ -235,7 +226,7 @@ def test_signals_reach_the_init(oci, make_bundle):
     oci("run", "--detach", "--bundle", str(bundle), "s2")
     time.sleep(0.3)
     oci("kill", "s2")  # SIGTERM by default
-    _wait_status(oci, "s2", "stopped")
+    oci.wait_for_status("s2", "stopped")
     oci("delete", "s2")
 
 
