@@ -179,27 +179,23 @@ class ContainerDir:
 
     def save(self, state: ContainerState) -> None:
         """Write state.json atomically: a reader sees the old or the new, never half."""
-        tmp = os.path.join(self.path, f".{STATE}.tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
-        try:
-            os.write(fd, jsonio.dumps(state.to_json()).encode())
-        finally:
-            os.close(fd)
-        os.rename(tmp, os.path.join(self.path, STATE))
+        self._write_atomically(STATE, jsonio.dumps(state.to_json()).encode())
 
     def save_front_end_record(self, state: ContainerState) -> None:
         """Let the front end start and delete this container, if it can (front_end_record).
         Written last by create, so a create killed midway leaves Python in charge."""
         record = front_end_record(state)
-        if record is None:
-            return
-        tmp = os.path.join(self.path, f".{FRONT_END}.tmp")
+        if record is not None:
+            self._write_atomically(FRONT_END, record.encode())
+
+    def _write_atomically(self, name: str, data: bytes) -> None:
+        tmp = os.path.join(self.path, f".{name}.tmp")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
         try:
-            os.write(fd, record.encode())
+            os.write(fd, data)
         finally:
             os.close(fd)
-        os.rename(tmp, os.path.join(self.path, FRONT_END))
+        os.rename(tmp, os.path.join(self.path, name))
 
     def lock(self) -> AbstractContextManager[None]:
         return _DirLock(self.path)
